@@ -1,0 +1,315 @@
+"""Exact streaming EnCodec decoding: the causal 24 kHz decoder run chunk by chunk with carried state.
+
+The decoder is a stack of causal layers (SEANet convolutions, transposed convolutions,
+a 2-layer LSTM, ELUs and residual blocks). Each one gets a streaming twin here that
+owns a small state object:
+
+    conv  (k, dilation d)   keeps the last (k-1)*d input samples as left history
+    convtr (k, stride s)    keeps the k-s output samples that the next input overlaps
+    lstm                    keeps (h, c) of both layers
+
+With that state every layer turns t input steps into exactly t (or t*s) final output
+steps, so a chunk of t frames yields t*320 final samples at once and nothing is held
+back: the k-s tail left after the last chunk is what the one-shot model trims off.
+
+The one exception is the very start. The one-shot model pads each convolution's left
+edge by *reflection* of its first inputs, so the first chunk must be long enough for
+every convolution to reflect real samples: 7 frames for the 24 kHz model (the first
+convolution, kernel 7, reflects 6). Later chunks may be a single frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from streaming.codec_decode import as_codes, embed_codes, model_device
+from streaming.constants import SAMPLES_PER_FRAME
+from streaming.encodec_compat import import_encodec
+from streaming.errors import ConfigError
+
+if TYPE_CHECKING:
+    from encodec import EncodecModel
+
+logger = logging.getLogger(__name__)
+
+_ELEMENTWISE = (nn.ELU, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.Identity)
+
+
+@dataclass
+class ConvState:
+    """Left context of one causal convolution."""
+
+    history: torch.Tensor | None = None  # [B, C_in, (k-1)*d]; None before the first chunk
+
+
+@dataclass
+class ConvTrState:
+    """Overlap tail of one transposed convolution (bias not included)."""
+
+    tail: torch.Tensor | None = None  # [B, C_out, k-s]; None before the first chunk
+
+
+@dataclass
+class LstmState:
+    """Hidden and cell state of a stacked LSTM."""
+
+    hc: tuple[torch.Tensor, torch.Tensor] | None = None  # ([L, B, H], [L, B, H])
+
+
+@dataclass
+class NoState:
+    """Stateless layers (activations)."""
+
+
+@dataclass
+class ResidualState:
+    """States of a residual block's two branches."""
+
+    block: list[LayerState] = field(default_factory=list)
+    shortcut: list[LayerState] = field(default_factory=list)
+
+
+LayerState = Union[ConvState, ConvTrState, LstmState, NoState, ResidualState]
+
+
+class _ConvStep:
+    """Causal stride-1 SConv1d fed with carried history instead of padding."""
+
+    def __init__(self, sconv: nn.Module) -> None:
+        conv = sconv.conv.conv
+        k, s, d = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+        if not sconv.causal or s != 1:
+            raise ConfigError(
+                f"stateful decoding needs causal stride-1 decoder convolutions; got causal={sconv.causal}, "
+                f"stride={s}. Use the causal 24 kHz EnCodec model or CrossfadeDecoder."
+            )
+        _check_identity_norm(sconv.conv)
+        self.conv = sconv.conv  # NormConv1d: weight-normed Conv1d, no padding
+        self.pad = (k - 1) * d  # samples of left context one output needs
+        self.reflect = sconv.pad_mode == "reflect"
+        self.upsample = 1
+        self.min_first_len = self.pad + 1 if (self.reflect and self.pad) else 1
+
+    def init_state(self) -> ConvState:
+        return ConvState()
+
+    def __call__(self, x: torch.Tensor, st: ConvState) -> torch.Tensor:
+        # x: [B, C_in, t] -> [B, C_out, t]
+        if self.pad == 0:
+            return self.conv(x)
+        if st.history is None:  # stream start: pad exactly like the one-shot model
+            assert x.shape[-1] >= self.min_first_len, (x.shape, self.min_first_len)
+            mode = "reflect" if self.reflect else "constant"
+            xp = F.pad(x, (self.pad, 0), mode=mode)
+        else:
+            xp = torch.cat([st.history, x], dim=-1)  # [B, C_in, pad + t]
+        st.history = xp[..., -self.pad:]
+        return self.conv(xp)
+
+
+class _ConvTrStep:
+    """Causal SConvTranspose1d whose right overlap is carried to the next chunk."""
+
+    def __init__(self, sconvtr: nn.Module) -> None:
+        convtr = sconvtr.convtr.convtr
+        k, s = convtr.kernel_size[0], convtr.stride[0]
+        if not sconvtr.causal or sconvtr.trim_right_ratio != 1.0:
+            raise ConfigError(
+                "stateful decoding needs causal transposed convolutions trimmed on the right "
+                f"(causal={sconvtr.causal}, trim_right_ratio={sconvtr.trim_right_ratio})."
+            )
+        _check_identity_norm(sconvtr.convtr)
+        self.convtr = sconvtr.convtr  # NormConvTranspose1d
+        self.stride, self.overlap = s, k - s
+        self.upsample = s
+        self.min_first_len = 1
+
+    def init_state(self) -> ConvTrState:
+        return ConvTrState()
+
+    def __call__(self, x: torch.Tensor, st: ConvTrState) -> torch.Tensor:
+        # x: [B, C_in, t] -> full y: [B, C_out, (t-1)*s + k] -> emitted [B, C_out, t*s]
+        y = self.convtr(x)
+        n_out = x.shape[-1] * self.stride
+        if st.tail is not None:
+            y[..., : self.overlap] += st.tail
+        tail = y[..., n_out:]  # [B, C_out, k-s], incomplete until the next chunk adds to it
+        bias = self.convtr.convtr.bias
+        st.tail = tail - bias[:, None] if bias is not None else tail.clone()
+        return y[..., :n_out]
+
+
+class _LstmStep:
+    """SLSTM (time-major LSTM with optional skip) with carried (h, c)."""
+
+    def __init__(self, slstm: nn.Module) -> None:
+        self.slstm = slstm
+        self.upsample, self.min_first_len = 1, 1
+
+    def init_state(self) -> LstmState:
+        return LstmState()
+
+    def __call__(self, x: torch.Tensor, st: LstmState) -> torch.Tensor:
+        xs = x.permute(2, 0, 1)  # [t, B, C]
+        y, st.hc = self.slstm.lstm(xs, st.hc)
+        if self.slstm.skip:
+            y = y + xs
+        return y.permute(1, 2, 0)  # [B, C, t]
+
+
+class _ElementwiseStep:
+    """Activation: no state, no time mixing."""
+
+    def __init__(self, act: nn.Module) -> None:
+        self.act = act
+        self.upsample, self.min_first_len = 1, 1
+
+    def init_state(self) -> NoState:
+        return NoState()
+
+    def __call__(self, x: torch.Tensor, st: NoState) -> torch.Tensor:
+        return self.act(x)
+
+
+class _ResidualStep:
+    """SEANet residual block: shortcut(x) + block(x), both branches causal and length-preserving."""
+
+    def __init__(self, block: list[Step], shortcut: list[Step]) -> None:
+        self.block, self.shortcut = block, shortcut
+        self.upsample = 1
+        self.min_first_len = max(_min_first_len(block), _min_first_len(shortcut))
+        assert _upsample(block) == 1 and _upsample(shortcut) == 1
+
+    def init_state(self) -> ResidualState:
+        return ResidualState([s.init_state() for s in self.block], [s.init_state() for s in self.shortcut])
+
+    def __call__(self, x: torch.Tensor, st: ResidualState) -> torch.Tensor:
+        return _run(self.shortcut, st.shortcut, x) + _run(self.block, st.block, x)
+
+
+Step = Union[_ConvStep, _ConvTrStep, _LstmStep, _ElementwiseStep, _ResidualStep]
+
+
+def _check_identity_norm(norm_conv: nn.Module) -> None:
+    """Only parametrisation norms (weight/spectral/none) are streamable here."""
+    if not isinstance(norm_conv.norm, nn.Identity):
+        raise ConfigError(
+            f"decoder uses norm {norm_conv.norm_type!r}, which mixes time steps; stateful decoding "
+            "supports norm in {'none', 'weight_norm', 'spectral_norm'} (the 24 kHz model)."
+        )
+
+
+def _run(steps: list[Step], states: list[LayerState], x: torch.Tensor) -> torch.Tensor:
+    for step, st in zip(steps, states):
+        x = step(x, st)
+    return x
+
+
+def _upsample(steps: list[Step]) -> int:
+    return math.prod(s.upsample for s in steps)
+
+
+def _min_first_len(steps: list[Step]) -> int:
+    """Input steps the first chunk needs so that every reflect-padded conv sees real samples."""
+    need, rate = 1, 1  # rate: this layer's steps per input step
+    for s in steps:
+        need = max(need, math.ceil(s.min_first_len / rate))
+        rate *= s.upsample
+    return need
+
+
+def build_steps(module: nn.Module) -> list[Step]:
+    """Walk an EnCodec decoder module tree and return its streaming twins, in order."""
+    m = import_encodec().modules
+    seanet = m.seanet
+    if isinstance(module, nn.Sequential):
+        return [step for child in module for step in build_steps(child)]
+    if isinstance(module, seanet.SEANetDecoder):
+        return build_steps(module.model)
+    if isinstance(module, m.SConv1d):
+        return [_ConvStep(module)]
+    if isinstance(module, m.SConvTranspose1d):
+        return [_ConvTrStep(module)]
+    if isinstance(module, m.SLSTM):
+        return [_LstmStep(module)]
+    if isinstance(module, seanet.SEANetResnetBlock):
+        return [_ResidualStep(build_steps(module.block), build_steps(module.shortcut))]
+    if isinstance(module, _ELEMENTWISE):
+        return [_ElementwiseStep(module)]
+    raise ConfigError(
+        f"stateful decoding does not know decoder layer {type(module).__name__}; "
+        "use CrossfadeDecoder for this model."
+    )
+
+
+@dataclass
+class StatefulDecoderState:
+    """Everything one stream's stateful decode carries between chunks."""
+
+    layers: list[LayerState]  # one state per top-level decoder step
+    frames: int = 0  # frames decoded so far
+    batch: int | None = None  # streams decoded together, fixed by the first chunk
+
+
+class StatefulDecoder:
+    """Decode codes chunk by chunk with output equal to one-shot `decode_codes` (float rounding aside).
+
+    `decode(codes [8, t])` returns the t*320 samples of those frames, all final; a batch
+    of lock-step streams can be passed as [B, 8, t] and gives [B, t*320]. The first
+    chunk needs at least `min_first_chunk` frames (7 for the 24 kHz model).
+    """
+
+    def __init__(self, model: EncodecModel) -> None:
+        self.model = model
+        self._steps = build_steps(model.decoder)
+        self.min_first_chunk = _min_first_len(self._steps)
+        assert _upsample(self._steps) == SAMPLES_PER_FRAME, _upsample(self._steps)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: the next chunk is a stream start."""
+        self.state = StatefulDecoderState(layers=[s.init_state() for s in self._steps])
+
+    @torch.inference_mode()
+    def decode(self, codes_chunk: np.ndarray | torch.Tensor) -> np.ndarray:
+        """codes_chunk [8, t] (or [B, 8, t]) -> float32 PCM [t*320] (or [B, t*320])."""
+        c = as_codes(codes_chunk, device=model_device(self.model), name="codes_chunk")  # [B, 8, t]
+        self._check_chunk(c)
+        squeeze = np.ndim(codes_chunk) == 2
+        if c.shape[-1] == 0:
+            return np.zeros((0,) if squeeze else (c.shape[0], 0), dtype=np.float32)
+        x = _run(self._steps, self.state.layers, embed_codes(self.model, c))  # [B, 1, t*320]
+        self.state.frames += c.shape[-1]
+        self.state.batch = c.shape[0]
+        out = x[:, 0].float().cpu().numpy()
+        return out[0] if squeeze else out
+
+    def flush(self) -> np.ndarray:
+        """End the stream. Nothing is held back, so this returns no samples, and resets."""
+        batch = self.state.batch
+        self.reset()
+        return np.zeros((0,) if batch in (None, 1) else (batch, 0), dtype=np.float32)
+
+    def _check_chunk(self, c: torch.Tensor) -> None:
+        st, t = self.state, c.shape[-1]
+        if st.batch is not None and c.shape[0] != st.batch:
+            raise ConfigError(
+                f"codes_chunk batch size changed from {st.batch} to {c.shape[0]} mid-stream; "
+                "call reset() (or flush()) before starting a different set of streams."
+            )
+        if st.frames == 0 and 0 < t < self.min_first_chunk:
+            raise ConfigError(
+                f"first codes_chunk has {t} frames but the stateful decoder needs at least "
+                f"{self.min_first_chunk}: the one-shot decoder reflect-pads the stream start "
+                f"({self.min_first_chunk - 1} frames) and streaming must see the same samples. "
+                f"Buffer {self.min_first_chunk} frames before the first decode, or decode streams "
+                "shorter than that with decode_codes()."
+            )
