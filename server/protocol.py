@@ -1,0 +1,301 @@
+"""Protocol v1 wire format: msgpack maps in binary WebSocket frames on `/v1/stream`.
+
+Client side of the server: `decode_client_message` turns one untrusted frame into
+a typed message or raises `ProtocolError` (never anything else). Server side:
+builders for ready/audio/segment/done/error and `encode_server_message`. The
+client library uses `encode_client_message` and `decode_server_message`. See
+docs/protocol.md for the full specification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+import numpy as np
+
+from streaming.params import SamplingParams, StreamPolicy
+
+from .protocol_base import (
+    DEFAULT_ENCODING,
+    DONE_REASONS,
+    ENCODINGS,
+    MAX_ID_CHARS,
+    MAX_VOICE_CHARS,
+    PATH,
+    PROTOCOL_VERSION,
+    Limits,
+    is_valid_id,
+)
+from .protocol_errors import ERROR_CODES, ProtocolError
+from .protocol_params import PARAM_KEYS, parse_params
+from .protocol_server import (
+    SERVER_FIELDS,
+    audio_message,
+    decode_server_message,
+    done_message,
+    encode_server_message,
+    error_message,
+    ready_message,
+    segment_message,
+)
+from .protocol_wire import pack, unpack_map, wire_type
+
+__all__ = [
+    "PROTOCOL_VERSION", "PATH", "ENCODINGS", "DEFAULT_ENCODING", "DONE_REASONS", "ERROR_CODES",
+    "PARAM_KEYS", "MAX_ID_CHARS", "MAX_VOICE_CHARS", "Limits", "ProtocolError",
+    "Speak", "Start", "Text", "Flush", "End", "Cancel", "ClientMessage",
+    "decode_client_message", "encode_client_message", "decode_server_message", "encode_server_message",
+    "ready_message", "audio_message", "segment_message", "done_message", "error_message",
+    "check_request_chars", "pcm_encode", "pcm_decode", "is_valid_id", "SERVER_FIELDS",
+]
+
+
+# --- client messages ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Speak:
+    """Synthesise a whole text as one request."""
+
+    TYPE: ClassVar[str] = "speak"
+    id: str
+    text: str
+    voice: str | None  # None = the server's default voice
+    encoding: str  # one of ENCODINGS
+    sampling: SamplingParams
+    policy: StreamPolicy
+
+
+@dataclass(frozen=True)
+class Start:
+    """Open a request whose text follows in `Text` messages."""
+
+    TYPE: ClassVar[str] = "start"
+    id: str
+    voice: str | None
+    encoding: str
+    sampling: SamplingParams
+    policy: StreamPolicy
+
+
+@dataclass(frozen=True)
+class Text:
+    """Append text to a started request (may be empty)."""
+
+    TYPE: ClassVar[str] = "text"
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Synthesise what the request has buffered so far, without ending it."""
+
+    TYPE: ClassVar[str] = "flush"
+    id: str
+
+
+@dataclass(frozen=True)
+class End:
+    """No more text for this request: synthesise the rest and finish."""
+
+    TYPE: ClassVar[str] = "end"
+    id: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop one request at once."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: str
+
+
+ClientMessage = Union[Speak, Start, Text, Flush, End, Cancel]
+
+# type -> (required fields, optional fields)
+_CLIENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "speak": (("id", "text"), ("voice", "encoding", "params")),
+    "start": (("id",), ("voice", "encoding", "params")),
+    "text": (("id", "text"), ()),
+    "flush": (("id",), ()),
+    "end": (("id",), ()),
+    "cancel": (("id",), ()),
+}
+
+
+# --- decoding client frames (untrusted) -------------------------------------
+
+
+def _clip(text: str, n: int = 40) -> str:
+    """`text` shortened for an error message, quoted."""
+    return repr(_short(text, n))
+
+
+def _short(text: str, n: int = 40) -> str:
+    """`text` cut to `n` characters for an error message."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _check_id(value: Any) -> str:
+    if is_valid_id(value):
+        return value
+    if isinstance(value, str):
+        if not value:
+            problem = "must not be empty"
+        elif len(value) > MAX_ID_CHARS:
+            problem = f"{len(value)} characters exceeds the maximum of {MAX_ID_CHARS}"
+        else:
+            problem = f"{_clip(value)} may hold only letters, digits and - _ . :"
+        raise ProtocolError("bad_field", f"id: {problem}")
+    hint = f' (send it as the string "{value}")' if isinstance(value, int) and not isinstance(value, bool) else ""
+    raise ProtocolError("bad_field", f"id: expected a string, got {wire_type(value)}{hint}")
+
+
+def _check_text(value: Any, max_chars: int, limit_name: str, *, allow_blank: bool) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("bad_field", f"text: expected a string, got {wire_type(value)}")
+    if len(value) > max_chars:
+        raise ProtocolError(
+            "text_too_long", f"text: {len(value)} characters exceeds {limit_name} ({max_chars})"
+        )
+    if not allow_blank and not value.strip():
+        raise ProtocolError("bad_field", "text: must not be empty or only whitespace")
+    return value
+
+
+def _check_voice(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("bad_field", f"voice: expected a string, got {wire_type(value)}")
+    if not 1 <= len(value) <= MAX_VOICE_CHARS:
+        raise ProtocolError("bad_field", f"voice: expected 1 to {MAX_VOICE_CHARS} characters, got {len(value)}")
+    return value
+
+
+def _check_encoding(value: Any) -> str:
+    if value is None:
+        return DEFAULT_ENCODING
+    if not isinstance(value, str):
+        raise ProtocolError("bad_field", f"encoding: expected a string, got {wire_type(value)}")
+    if value not in ENCODINGS:
+        raise ProtocolError("bad_encoding", f"encoding: {_clip(value)} is not one of {', '.join(ENCODINGS)}")
+    return value
+
+
+def _check_shape(msg: Mapping[str, Any]) -> str:
+    """Check `type` and the set of fields present; return the type."""
+    if "type" not in msg:
+        raise ProtocolError("missing_field", "type: missing")
+    msg_type = msg["type"]
+    if not isinstance(msg_type, str):
+        raise ProtocolError("bad_field", f"type: expected a string, got {wire_type(msg_type)}")
+    if msg_type not in _CLIENT_FIELDS:
+        raise ProtocolError(
+            "unknown_type", f"type: {_clip(msg_type)} is not one of {', '.join(_CLIENT_FIELDS)}"
+        )
+    required, optional = _CLIENT_FIELDS[msg_type]
+    for key in msg:
+        if key != "type" and key not in required and key not in optional:
+            valid = ", ".join(("type",) + required + optional)
+            raise ProtocolError("unknown_field", f"{_short(key)}: unknown field for {msg_type} (valid: {valid})")
+    for key in required:
+        if key not in msg:
+            raise ProtocolError("missing_field", f"{key}: missing")
+    return msg_type
+
+
+def _build_client_message(msg: Mapping[str, Any], limits: Limits) -> ClientMessage:
+    msg_type = _check_shape(msg)
+    req_id = _check_id(msg["id"])
+    if msg_type == "text":
+        return Text(req_id, _check_text(msg["text"], limits.max_text_chars, "max_text_chars", allow_blank=True))
+    if msg_type in ("flush", "end", "cancel"):
+        return {"flush": Flush, "end": End, "cancel": Cancel}[msg_type](req_id)
+    text = None
+    if msg_type == "speak":
+        text = _check_text(msg["text"], limits.max_request_chars, "max_request_chars", allow_blank=False)
+    voice = _check_voice(msg.get("voice"))
+    encoding = _check_encoding(msg.get("encoding"))
+    sampling, policy = parse_params(msg.get("params"))
+    if text is None:
+        return Start(req_id, voice, encoding, sampling, policy)
+    return Speak(req_id, text, voice, encoding, sampling, policy)
+
+
+def decode_client_message(frame: bytes | str, limits: Limits) -> ClientMessage:
+    """Validate one client frame into a typed message.
+
+    Raises ProtocolError (and nothing else) for any malformed frame; its `id`
+    is set whenever the frame carried a valid `id`.
+    """
+    if isinstance(frame, str):
+        raise ProtocolError("text_frame", "text frames are not supported: send msgpack in binary frames")
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError("bad_frame", f"expected bytes, got {type(frame).__name__}")
+    msg = unpack_map(
+        frame,
+        max_bytes=limits.max_frame_bytes,
+        max_map_keys=limits.max_map_keys,
+        max_array_items=limits.max_array_items,
+        max_depth=limits.max_depth,
+    )
+    try:
+        return _build_client_message(msg, limits)
+    except ProtocolError as exc:
+        if exc.id is None and is_valid_id(msg.get("id")):
+            exc.id = msg["id"]
+        raise
+
+
+def check_request_chars(req_id: str, total_chars: int, limits: Limits) -> None:
+    """Raise text_too_long once a started request's accumulated text exceeds max_request_chars."""
+    if total_chars > limits.max_request_chars:
+        raise ProtocolError(
+            "text_too_long",
+            f"text: request total of {total_chars} characters exceeds max_request_chars ({limits.max_request_chars})",
+            id=req_id,
+        )
+
+
+def encode_client_message(msg: Mapping[str, Any]) -> bytes:
+    """Pack a client message map (used by the client library and tests)."""
+    if msg.get("type") not in _CLIENT_FIELDS:
+        raise ValueError(f"type: {msg.get('type')!r} is not one of {', '.join(_CLIENT_FIELDS)}")
+    return pack(msg)
+
+
+# --- PCM ------------------------------------------------------------------
+
+_S16_SCALE = 32767.0
+
+
+def pcm_encode(samples: np.ndarray, encoding: str) -> bytes:
+    """Mono float samples [T] in [-1, 1] → little-endian PCM bytes for an `audio` message.
+
+    pcm_s16le clips to [-1, 1] (NaN → 0), scales by 32767 and rounds.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"pcm_encode: samples must be 1-D [T], got shape {samples.shape}")
+    if encoding == "pcm_f32le":
+        return samples.astype("<f4", copy=False).tobytes()
+    if encoding == "pcm_s16le":
+        clean = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        return np.rint(np.clip(clean, -1.0, 1.0) * _S16_SCALE).astype("<i2").tobytes()
+    raise ValueError(f"pcm_encode: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
+
+
+def pcm_decode(data: bytes, encoding: str) -> np.ndarray:
+    """Little-endian PCM bytes → float32 samples [T] (s16 divided by 32767)."""
+    width = {"pcm_s16le": 2, "pcm_f32le": 4}.get(encoding)
+    if width is None:
+        raise ValueError(f"pcm_decode: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
+    if len(data) % width:
+        raise ProtocolError("bad_field", f"pcm: {len(data)} bytes is not a whole number of {width}-byte samples")
+    if encoding == "pcm_s16le":
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(_S16_SCALE)
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
