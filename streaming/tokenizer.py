@@ -153,4 +153,4 @@ def _load_hub(repo_id: str, *, local_files_only: bool, cache_dir: str | Path | N
 def _first_line(exc: BaseException) -> str:
     """`Type: first line of the message`, to keep wrapped causes short."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0].rstrip('.')}" if text else type(exc).__name__
