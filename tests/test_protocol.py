@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -480,3 +482,12 @@ def test_pcm_errors() -> None:
     with pytest.raises(ProtocolError) as info:
         pcm_decode(b"\x00\x00\x00", "pcm_s16le")
     assert info.value.message.startswith("pcm:")
+
+
+def test_docs_error_table_matches_codes() -> None:
+    """docs/protocol.md documents exactly ERROR_CODES, each with its close code."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    table = doc.split("## Error codes", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| (\d{4}|—) \|", table, flags=re.MULTILINE)
+    documented = {code: None if close == "—" else int(close) for code, close in rows}
+    assert documented == ERROR_CODES
