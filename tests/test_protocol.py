@@ -375,6 +375,13 @@ def test_error_to_message() -> None:
     assert msg == {"type": "error", "code": "overloaded", "message": "server full", "id": "r", "retry_after_ms": 500}
 
 
+def test_fatal_override_and_plain_message() -> None:
+    """A non-fatal code made fatal closes with 1008; to_message leaves out an absent id."""
+    err = ProtocolError("bad_frame", "garbage", fatal=True)
+    assert (err.fatal, err.close_code) == (True, 1008)
+    assert err.to_message() == {"type": "error", "code": "bad_frame", "message": "garbage"}
+
+
 def test_unknown_error_code_rejected() -> None:
     """Constructing a ProtocolError with an undocumented code is a ValueError."""
     with pytest.raises(ValueError, match="code"):
