@@ -1,0 +1,227 @@
+"""`python -m client "text"`: speak through a bark-stream server, playing audio as it arrives.
+
+    python -m client "Hello there."                       # play
+    python -m client "Hello." --no-play --output out.wav   # write only
+    some-llm | python -m client -                         # stdin, sent line by line as it arrives
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from server.protocol import ENCODINGS, ProtocolError
+from server.protocol_params import parse_params
+
+from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, ServerError
+from .player import PlaybackUnavailable, Player, PlayerConfig
+from .wav import WavWriter
+
+log = logging.getLogger("client")
+
+# Sampling flags, named as their wire `params` keys (--top-k -> top_k); only the flags
+# given are sent, the server fills in the rest.
+SAMPLING_KEYS = ("text_temp", "waveform_temp", "top_k", "top_p", "seed", "greedy", "max_semantic_tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client", description="Speak text through a bark-stream server.")
+    p.add_argument("text", help="the text to speak, or - to read stdin and send it line by line as it arrives")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})")
+    p.add_argument("--voice", help="voice preset name (see the server's `ready` voices)")
+    p.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
+    p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le", help="PCM encoding on the wire")
+    p.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="connect timeout in seconds")
+    out = p.add_argument_group("output")
+    out.add_argument("--output", "-o", metavar="FILE.wav", help="also write the audio to a 16-bit WAV file")
+    out.add_argument("--no-play", action="store_true", help="do not play (needs --output)")
+    out.add_argument("--prebuffer-ms", type=float, default=150.0, metavar="MS",
+                     help="audio buffered before playback starts or resumes (default 150)")
+    out.add_argument("--device", help="PortAudio output device index or name (default: the system default)")
+    s = p.add_argument_group("sampling (defaults: the server's)")
+    s.add_argument("--text-temp", type=float, metavar="T", help="semantic stage temperature")
+    s.add_argument("--waveform-temp", type=float, metavar="T", help="coarse stage temperature")
+    s.add_argument("--top-k", type=int, metavar="K")
+    s.add_argument("--top-p", type=float, metavar="P")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--greedy", action="store_true", default=None, help="argmax everywhere")
+    s.add_argument("--max-semantic-tokens", type=int, metavar="N")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; exits with a usage message on a mistake."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.no_play and not args.output:
+        parser.error("--no-play needs --output FILE.wav (otherwise the audio goes nowhere)")
+    if not 0 <= args.prebuffer_ms <= 60_000:
+        parser.error(f"--prebuffer-ms: {args.prebuffer_ms:g} is outside [0, 60000]")
+    if args.text != "-" and not args.text.strip():
+        parser.error("text: nothing to speak (use - to read stdin)")
+    args.params = sampling_params(args)
+    try:
+        parse_params(args.params)  # the server's own checks, so mistakes show before connecting
+    except ProtocolError as e:
+        key, _, problem = e.message.removeprefix("params.").partition(":")
+        parser.error(f"--{key.replace('_', '-')}:{problem}")
+    if args.device is not None and args.device.isdigit():
+        args.device = int(args.device)
+    return args
+
+
+def sampling_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The wire `params` map for the sampling flags that were given."""
+    return {key: getattr(args, key) for key in SAMPLING_KEYS if getattr(args, key) is not None}
+
+
+def auth_headers(api_key: str | None) -> dict[str, str] | None:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else None
+
+
+@dataclass
+class RunReport:
+    """What one request measured on the client side (time.monotonic() seconds)."""
+
+    sent_at: float  # the request was sent
+    first_audio_at: float | None = None  # the first audio frame arrived
+    done_at: float | None = None  # `done` arrived
+    samples: int = 0  # samples received
+    done: Done | None = None
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Yield stdin's lines (newline included) as they arrive, until EOF."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:  # a daemon thread, so a blocked read never keeps the process alive
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except RuntimeError:  # the event loop has closed
+            pass
+
+    threading.Thread(target=read, name="stdin-reader", daemon=True).start()
+    while (line := await queue.get()) is not None:
+        yield line
+
+
+async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Player | None,
+                wav: WavWriter | None) -> RunReport:
+    """Send the request and route its audio to the player and the WAV file as it arrives."""
+    options: dict[str, Any] = {"voice": args.voice, "encoding": args.encoding, "params": args.params}
+    report = RunReport(sent_at=time.monotonic())
+    events: AsyncIterator[Event]
+    if args.text == "-":
+        events = client.stream_text(stdin_lines(), **options)
+    else:
+        events = client.speak(args.text, **options)
+    async for event in events:
+        if isinstance(event, AudioChunk):
+            if report.first_audio_at is None:
+                report.first_audio_at = time.monotonic()
+            report.samples += event.samples.size
+            if player is not None:
+                player.write(event.samples)
+            if wav is not None:
+                wav.write(event.samples)
+        elif isinstance(event, Done):
+            report.done, report.done_at = event, time.monotonic()
+        else:
+            log.info("segment [%d, %d): %s", event.start_sample, event.end_sample, event.text)
+    return report
+
+
+def format_report(report: RunReport, sample_rate: int, player: Player | None) -> list[str]:
+    """Human-readable lines: audio length, time to first audio, real-time factor, underruns."""
+    server = report.done.stats if report.done else {}
+    audio_s = report.samples / sample_rate
+    lines = [f"audio: {audio_s:.2f} s ({report.samples} samples at {sample_rate} Hz)"]
+    if report.first_audio_at is not None:
+        ttfa = f"time to first audio: {1000 * (report.first_audio_at - report.sent_at):.0f} ms"
+        if _is_number(server.get("ttfa_ms")):
+            ttfa += f" (server: {server['ttfa_ms']:.0f} ms)"
+        lines.append(ttfa)
+    if report.done_at is not None and audio_s > 0:
+        rtf = f"real-time factor: {(report.done_at - report.sent_at) / audio_s:.2f} (time to generate / audio length)"
+        if _is_number(server.get("rtf")):
+            rtf += f" (server: {server['rtf']:.2f})"
+        lines.append(rtf)
+    if player is not None:
+        st = player.stats
+        if st.first_play_time is not None:
+            lines.append(f"time to first sound: {1000 * (st.first_play_time - report.sent_at):.0f} ms")
+        lines.append(f"underruns: {st.underruns} ({st.underrun_ms:.0f} ms of silence)")
+    return lines
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Connect, speak, play and/or write; print the report. Returns the exit status."""
+    client = await BarkStreamClient.connect(
+        args.url, open_timeout=args.open_timeout, additional_headers=auth_headers(args.api_key)
+    )
+    rate = client.info.sample_rate
+    player: Player | None = None
+    wav: WavWriter | None = None
+    try:
+        async with client:
+            if not args.no_play:  # opened before the request, so opening costs no latency
+                player = Player(PlayerConfig(sample_rate=rate, prebuffer_ms=args.prebuffer_ms, device=args.device))
+                player.start()
+            if args.output:
+                wav = WavWriter(args.output, rate)
+            report = await speak(client, args, player, wav)
+        if player is not None:
+            player.finish()
+            left_s = (report.samples - player.stats.played_samples) / rate
+            await asyncio.to_thread(player.wait, left_s + 10.0)
+    finally:
+        if player is not None:
+            player.close()
+        if wav is not None:
+            wav.close()
+    for line in format_report(report, rate, player):
+        print(line)
+    if args.output:
+        print(f"wrote {args.output}")
+    assert report.done is not None  # speak() returns only after Done
+    if report.done.reason != "end":
+        print(f"error: the request ended with reason {report.done.reason!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(args))
+    except ServerError as e:
+        print(f"error: the server refused the request: {e}", file=sys.stderr)
+    except (ClientError, PlaybackUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # the WAV file could not be written
+        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
