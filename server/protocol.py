@@ -31,6 +31,7 @@ from .protocol_base import (
 from .protocol_errors import ERROR_CODES, ProtocolError
 from .protocol_params import PARAM_KEYS, parse_params
 from .protocol_server import (
+    MAX_SERVER_FRAME_BYTES,
     SERVER_FIELDS,
     audio_message,
     decode_server_message,
@@ -49,6 +50,7 @@ __all__ = [
     "decode_client_message", "encode_client_message", "decode_server_message", "encode_server_message",
     "ready_message", "audio_message", "segment_message", "done_message", "error_message",
     "check_request_chars", "pcm_encode", "pcm_decode", "is_valid_id", "SERVER_FIELDS",
+    "MAX_SERVER_FRAME_BYTES", "parse_params",
 ]
 
 
