@@ -37,6 +37,7 @@ _TITLES = frozenset("Dr Mr Mrs Ms Mx Prof St Mt Rev Fr Sr Jr Gen Col Capt Lt Sgt
 _NEVER_FINAL = frozenset(["vs", "e.g", "i.e", "cf", "viz", "approx", "ca"])
 # A period after these does not end a sentence when a number follows ("No. 5").
 _BEFORE_NUMBER = frozenset("No Nos Nr Vol Fig Ch Art Sec Op p pp".split())
+_LOOKAHEAD = 120  # characters read past a terminator to find the next word (tags skipped)
 _INITIALISM = re.compile(r"(?:[A-Z]\.)+[A-Z]")  # U.S, U.K, U.S.A (the final period is the terminator)
 
 
@@ -93,7 +94,7 @@ def _boundary_after(text: str, match: re.Match[str]) -> int | None:
 
 def _keeps_together(text: str, run_start: int, run: str, space: int) -> bool:
     """True when a western terminator followed by a space does not end the sentence."""
-    following = _TAG.sub("", text[space + 1 :]).lstrip(" ").split(" ", 1)[0]
+    following = _TAG.sub("", text[space + 1 : space + 1 + _LOOKAHEAD]).lstrip(" ").split(" ", 1)[0]
     if not following:
         return False
     if following[0] in _WESTERN_ENDS:
@@ -103,7 +104,7 @@ def _keeps_together(text: str, run_start: int, run: str, space: int) -> bool:
         return True  # "... and then", "etc. and", "a.m. daily", '"Really?" she asked'
     if run != ".":
         return False
-    word = text[:run_start].rsplit(" ", 1)[-1].lstrip(_OPENERS)
+    word = text[text.rfind(" ", 0, run_start) + 1 : run_start].lstrip(_OPENERS)
     if word in _TITLES or word.lower() in _NEVER_FINAL:
         return True
     if word in _BEFORE_NUMBER and first.isdigit():

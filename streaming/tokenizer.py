@@ -76,6 +76,11 @@ class BarkTokenizer:
             loaded = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses for bad files
             raise WeightsError(f"tokenizer file: cannot read {path}: {_first_line(exc)}") from None
+        if not isinstance(loaded.model, WordPiece):
+            raise WeightsError(
+                f"tokenizer file: {path} holds a {type(loaded.model).__name__} model, expected WordPiece "
+                f"(the {TOKENIZER_FILE} of {DEFAULT_TOKENIZER_REPO})"
+            )
         vocab = loaded.get_vocab(with_added_tokens=False)
         if not vocab:
             raise WeightsError(f"tokenizer file: {path} has no vocabulary")

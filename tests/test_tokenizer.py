@@ -133,6 +133,16 @@ def test_load_tokenizer_from_tokenizer_json(tmp_path: Path, reference: transform
     assert load_tokenizer(tmp_path).encode(text) == reference.encode(text, add_special_tokens=False)
 
 
+def test_non_wordpiece_tokenizer_json_is_rejected(tmp_path: Path) -> None:
+    """A tokenizer.json holding another model type (BPE) is refused, naming the file and WordPiece."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+
+    Tokenizer(BPE(vocab={"a": 0}, merges=[])).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(WeightsError, match="holds a BPE model, expected WordPiece"):
+        load_tokenizer(tmp_path)
+
+
 def test_missing_vocab_message(tmp_path: Path) -> None:
     """A local directory without vocab.txt raises WeightsError naming the file, the place and the fix."""
     with pytest.raises(WeightsError) as info:
