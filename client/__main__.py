@@ -160,7 +160,10 @@ def format_report(report: RunReport, sample_rate: int, player: Player | None) ->
     if player is not None:
         st = player.stats
         if st.first_play_time is not None:
-            lines.append(f"time to first sound: {1000 * (st.first_play_time - report.sent_at):.0f} ms")
+            sound = f"time to first sound: {1000 * (st.first_play_time - report.sent_at):.0f} ms"
+            if player.output_latency is not None:
+                sound += f" + {1000 * player.output_latency:.0f} ms device latency"
+            lines.append(sound)
         lines.append(f"underruns: {st.underruns} ({st.underrun_ms:.0f} ms of silence)")
     return lines
 

@@ -221,6 +221,7 @@ class Player:
         self._stopped = threading.Event()  # set by PortAudio once the stream has stopped
         self._sd: Any = None
         self._closed = False
+        self._latency: float | None = None  # the open stream's output latency, seconds
 
     def start(self) -> None:
         """Open the output device and start the stream (silent until the prebuffer fills)."""
@@ -231,8 +232,9 @@ class Player:
         self._sd = _load_sounddevice()
         cfg = self.config
         _check_output_device(self._sd, cfg.device)
+        stream = None
         try:
-            self._stream = self._sd.OutputStream(
+            stream = self._sd.OutputStream(
                 samplerate=cfg.sample_rate,
                 blocksize=cfg.blocksize,
                 device=cfg.device,
@@ -242,12 +244,14 @@ class Player:
                 callback=self._callback,
                 finished_callback=self._stopped.set,
             )
-            self._stream.start()
+            stream.start()
         except (self._sd.PortAudioError, ValueError) as e:
-            self._stream = None
+            if stream is not None:
+                stream.close()
             raise PlaybackUnavailable(f"cannot open the audio output device: {_one_line(e)}; {_HINT}") from e
+        self._stream, self._latency = stream, float(stream.latency)
         log.debug("output stream started: %s Hz, blocksize %s, latency %.3f s",
-                  cfg.sample_rate, self._stream.blocksize, self._stream.latency)
+                  cfg.sample_rate, stream.blocksize, self._latency)
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         # Runs on PortAudio's thread. outdata: float32 [frames, 1]
@@ -287,6 +291,11 @@ class Player:
     @property
     def stats(self) -> PlayerStats:
         return self._buffer.stats(self.config.sample_rate)
+
+    @property
+    def output_latency(self) -> float | None:
+        """PortAudio's estimate of the seconds from the callback to the speaker; None before start()."""
+        return self._latency
 
     def __enter__(self) -> Player:
         self.start()
