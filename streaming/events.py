@@ -64,6 +64,16 @@ class StreamStats:
 
 
 @dataclass(frozen=True)
+class SegmentTokens:
+    """Everything generated for one text segment (returned when the request asks for it)."""
+
+    text: str
+    semantic: np.ndarray  # int64 [N]
+    coarse: np.ndarray  # int64 [2, T]
+    fine: np.ndarray  # int64 [8, T]
+
+
+@dataclass(frozen=True)
 class StreamDone:
     """The last event of every stream."""
 
@@ -72,6 +82,7 @@ class StreamDone:
     stats: StreamStats
     error_code: str | None = None  # when reason == "error": e.g. "internal", "bad_text"
     error: str | None = None  # human-readable message
+    tokens: list[SegmentTokens] | None = None  # per segment, if the request set return_tokens
 
 
 Event = AudioChunk | SegmentSpan | StreamDone

@@ -114,21 +114,27 @@ def generate_coarse(
 
 
 def fine_predict(
-    model: FineGPT, window: torch.Tensor, fill_from: int, n_given: int, temp: float | None, generator: torch.Generator
+    model: FineGPT,
+    windows: torch.Tensor,
+    fill_from: int,
+    n_given: int,
+    temps: list[float | None],
+    generators: list[torch.Generator],
 ) -> None:
-    """Fill codebooks n_given..7 of window [T, 8] in place at positions >= fill_from.
+    """Fill codebooks n_given..7 of windows [B, T, 8] in place at positions >= fill_from.
 
     Codebook by codebook, as Bark does: each prediction sees the codebooks
-    filled before it. temp=None takes the argmax.
+    filled before it. A temperature of None takes the argmax for that row.
     """
     for cb in range(n_given, N_FINE_CODEBOOKS):
-        logits = model(cb, window[None])[0, fill_from:, :CODEBOOK_SIZE]  # [T - fill_from, 1024]
-        if temp is None:
-            preds = torch.argmax(logits, dim=-1)
-        else:
-            probs = torch.softmax(logits.float().cpu() / temp, dim=-1)
-            preds = torch.multinomial(probs, 1, generator=generator)[:, 0].to(window.device)
-        window[fill_from:, cb] = preds
+        logits = model(cb, windows)[:, fill_from:, :CODEBOOK_SIZE]  # [B, T - fill_from, 1024]
+        for b, (temp, gen) in enumerate(zip(temps, generators)):
+            if temp is None:
+                preds = torch.argmax(logits[b], dim=-1)
+            else:
+                probs = torch.softmax(logits[b].float().cpu() / temp, dim=-1)
+                preds = torch.multinomial(probs, 1, generator=gen)[:, 0].to(windows.device)
+            windows[b, fill_from:, cb] = preds
 
 
 def generate_fine(
@@ -149,7 +155,7 @@ def generate_fine(
         start = min(n * FINE_HOP, total - FINE_WINDOW)
         fill = min(n_hist + n * FINE_HOP, total - FINE_HOP)
         window = buf[start:start + FINE_WINDOW]  # a view: writes land in buf
-        fine_predict(models.fine, window, fill - start, n_given, params.fine_temperature, generator)
+        fine_predict(models.fine, window[None], fill - start, n_given, [params.fine_temperature], [generator])
     out = buf.cpu().numpy().T[:, n_hist:]
     if n_pad:
         out = out[:, :-n_pad]

