@@ -7,6 +7,7 @@ It is the reference the streaming pipeline is compared with, and what the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -175,7 +176,8 @@ class OfflineResult:
 
 
 def generate_audio(
-    models: BarkModels, codec, tokenizer, text: str, voice=None, params: SamplingParams | None = None
+    models: BarkModels, codec, tokenizer, text: str, voice=None, params: SamplingParams | None = None,
+    *, allow_short: bool = False,
 ) -> OfflineResult:
     """Text -> audio, stage after stage (Suno's `generate_audio` with our models)."""
     from .codec import decode_codes
@@ -191,7 +193,7 @@ def generate_audio(
     t0 = time.perf_counter()
     semantic = generate_semantic(models, tokenizer.encode(text), voice, params, gen)
     times["semantic"] = time.perf_counter() - t0
-    if len(semantic) < 2:
+    if len(semantic) < 2 and not allow_short:
         raise TextError(f"text: produced only {len(semantic)} semantic tokens (EOS at once); nothing to say")
     t0 = time.perf_counter()
     coarse = generate_coarse(models, semantic, voice, params, gen)
@@ -200,6 +202,49 @@ def generate_audio(
     fine = generate_fine(models, coarse, voice, params, gen)
     times["fine"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    audio = decode_codes(codec, fine)
+    audio = decode_codes(codec, fine) if fine.shape[1] else np.zeros(0, dtype=np.float32)
     times["decode"] = time.perf_counter() - t0
     return OfflineResult(semantic, coarse, fine, audio, times)
+
+
+@dataclass
+class LongResult:
+    """Offline generation of text of any length: one OfflineResult per segment, audio joined."""
+
+    segments: list[OfflineResult]
+    texts: list[str]
+    audio: np.ndarray  # float32, segments crossfaded at the joins
+
+
+class _FirstSegmentVoice:
+    """A finished segment's tokens used as the history of the following ones."""
+
+    def __init__(self, first: OfflineResult) -> None:
+        self.semantic, self.coarse, self.fine = first.semantic, first.coarse, first.fine
+
+
+def generate_long(
+    models: BarkModels, codec, tokenizer, text: str, voice=None, params: SamplingParams | None = None,
+    *, overlap: int = 240,
+) -> LongResult:
+    """Split text as the streaming engine does, generate each segment offline, crossfade the joins.
+
+    Voice history per segment follows the engine's rule: the preset when one is
+    given, otherwise the first segment's own output (keeps one speaker).
+    """
+    from .codec import crossfade_join
+    from .text import segment_text
+
+    params = params or SamplingParams()
+    texts = segment_text(text, tokenizer.count)
+    results: list[OfflineResult] = []
+    audio = np.zeros(0, dtype=np.float32)
+    for i, piece in enumerate(texts):
+        seed = None if params.seed is None else params.seed + i
+        seg_params = dataclasses.replace(params, seed=seed)
+        history = voice if (voice is not None or i == 0) else _FirstSegmentVoice(results[0])
+        res = generate_audio(models, codec, tokenizer, piece, history, seg_params, allow_short=True)
+        results.append(res)
+        ov = min(overlap, len(audio), len(res.audio)) if i else 0
+        audio = crossfade_join(audio, res.audio, ov)
+    return LongResult(results, texts, audio)
