@@ -180,7 +180,7 @@ def test_prebuffer_samples_from_ms() -> None:
 # --- the real sounddevice -> PortAudio -> ALSA path ----------------------------------
 
 
-def _play_through_alsa(tmp_path: Path, x: np.ndarray, *, config: str = "asound.conf", prebuffer_ms: float = 20,
+def _play_through_alsa(tmp_path: Path, x: np.ndarray, *, config: str = "asound.conf", prebuffer_ms: float = 150,
                        split: int | None = None) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
     """Run tests/alsa/play.py with ALSA's default PCM recording into tmp_path/device.raw."""
     np.save(tmp_path / "in.npy", x)
@@ -208,7 +208,9 @@ def _device_samples(raw: Path) -> np.ndarray:
 def test_alsa_device_receives_exactly_the_written_samples(tmp_path: Path) -> None:
     """Samples written to Player reach the ALSA device in order, complete, within one int16 step."""
     x = _signal(24_000 + 123)
-    proc, raw, stats_path = _play_through_alsa(tmp_path, x)
+    # The null device plays ~1000x faster than real time, so a prebuffer reached before
+    # finish() could run dry first; one longer than the signal makes playback start at finish().
+    proc, raw, stats_path = _play_through_alsa(tmp_path, x, prebuffer_ms=2000)
     assert proc.returncode == 0, proc.stderr
     got = _device_samples(raw)
     audio = got[got != 0]  # drop the silence around the signal
@@ -222,8 +224,10 @@ def test_alsa_device_receives_exactly_the_written_samples(tmp_path: Path) -> Non
 @needs_portaudio
 def test_alsa_underrun_is_counted_once_and_audio_resumes(tmp_path: Path) -> None:
     """Writing half, letting the player run dry, then the rest: one underrun, and no sample lost."""
-    x = _signal(12_000, seed=1)
-    proc, raw, stats_path = _play_through_alsa(tmp_path, x, split=5_000)
+    x = _signal(16_000, seed=1)
+    # prebuffer 9000 samples: the first 10000 start playing at once; the last 6000 wait
+    # for finish(), so the fast null device cannot run dry a second time in between
+    proc, raw, stats_path = _play_through_alsa(tmp_path, x, prebuffer_ms=375, split=10_000)
     assert proc.returncode == 0, proc.stderr
     got = _device_samples(raw)
     nz = np.flatnonzero(got)
