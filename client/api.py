@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -240,7 +240,7 @@ class BarkStreamClient:
 
     async def stream_text(
         self,
-        pieces: AsyncIterable[str],
+        pieces: AsyncIterable[str] | Iterable[str],
         *,
         id: str | None = None,  # noqa: A002
         voice: str | None = None,
@@ -249,6 +249,8 @@ class BarkStreamClient:
         flush_lines: bool = True,
     ) -> AsyncIterator[Event]:
         """Synthesise text that arrives in pieces (start, text..., end), yielding events as for `speak`.
+
+        `pieces` may be an async iterable (tokens from an LLM) or a plain one.
 
         With `flush_lines`, a piece ending in a newline is followed by `flush`, so the
         server speaks each line without waiting for more text.
@@ -322,11 +324,11 @@ class BarkStreamClient:
         except ConnectionClosed as e:
             raise ConnectionLost(f"{self.url}: connection lost ({_close_reason(e)})") from e
 
-    async def _feed(self, req: _Request, pieces: AsyncIterable[str], flush_lines: bool) -> None:
+    async def _feed(self, req: _Request, pieces: AsyncIterable[str] | Iterable[str], flush_lines: bool) -> None:
         """Send `pieces` as text messages, then end; a failure is delivered to the request's reader."""
         max_chars = int(self.info.limits.get("max_text_chars", 4096))
         try:
-            async for piece in pieces:
+            async for piece in _aiter(pieces):
                 if not isinstance(piece, str):
                     raise TypeError(f"stream_text: pieces must be str, got {type(piece).__name__}")
                 for i in range(0, len(piece), max_chars):
@@ -397,6 +399,15 @@ class BarkStreamClient:
             log.debug("%s: dropping %s for %s (not in flight)", self.url, kind, msg["id"])
             return
         req.queue.put_nowait(msg)
+
+
+async def _aiter(items: AsyncIterable[str] | Iterable[str]) -> AsyncIterator[str]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 def _to_event(req: _Request, msg: dict[str, Any]) -> Event:

@@ -176,13 +176,9 @@ def test_stream_text_sends_start_text_flush_end_splitting_long_pieces() -> None:
         if type(msg).__name__ == "End":
             await send_speech(ws, msg.id, _audio(10, 0))
 
-    async def pieces() -> AsyncIterator[str]:
-        for p in ["Hello ", "world.\n", "x" * 40]:
-            yield p
-
     async def body(url: str) -> Any:
         async with await BarkStreamClient.connect(url) as client:
-            return await collect(client.stream_text(pieces(), id="chat-7", voice="v1"))
+            return await collect(client.stream_text(["Hello ", "world.\n", "x" * 40], id="chat-7", voice="v1"))
 
     (audio, done), seen, _ = run_with_server(script, body)
     kinds = [type(m).__name__ for m in seen]
