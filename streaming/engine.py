@@ -218,7 +218,8 @@ class Engine:
             sentences = split_sentences(stream.text_buffer)
             if len(sentences) > 1:  # all but the last are complete
                 self._add_segments(stream, " ".join(sentences[:-1]))
-                stream.text_buffer = sentences[-1]
+                trailing = " " if stream.text_buffer[-1:].isspace() else ""  # "How " + "are" != "Howare"
+                stream.text_buffer = sentences[-1] + trailing
         stream.text_done = ended
 
     def _add_segments(self, stream: Stream, text: str) -> None:

@@ -96,7 +96,7 @@ class FineStage:
 
     def __init__(self, models: BarkModels) -> None:
         self.models = models
-        self.trace: list[tuple[np.ndarray, int, np.ndarray]] | None = None  # tests: (input, left, output)
+        self.trace: list[tuple[np.ndarray, FineWindow, np.ndarray]] | None = None  # tests: (input, window, output)
 
     @staticmethod
     def plan(seg: Segment, policy: StreamPolicy) -> FineWindow | str | None:
@@ -124,14 +124,14 @@ class FineStage:
         assert all(w == win for _, w in batch), "a fine batch must share one window geometry"
         device = self.models.device
         inputs = np.stack([window_input(seg, w) for seg, w in batch])  # [B, T, 8]
-        x = torch.as_tensor(inputs, device=device)
+        x = torch.tensor(inputs, device=device)  # a copy: `inputs` stays the model input
         temps = [p.fine_temperature for p in params]
         gens = [seg.generator for seg, _ in batch]
         fine_predict(self.models.fine, x, win.left, N_COARSE_CODEBOOKS, temps, gens)
         out = x.cpu().numpy()
         for i, (seg, w) in enumerate(batch):
             if self.trace is not None:
-                self.trace.append((inputs[i], w.left, out[i]))
+                self.trace.append((inputs[i], w, out[i]))
             new = out[i, w.left:w.left + w.new].T  # [8, new]
             seg.fine = np.concatenate([seg.fine, new], axis=1)
             seg.fi.windows += 1

@@ -1,0 +1,202 @@
+"""Engine behaviour: concurrency equals isolation, cancel frees slots, admission queues, piecewise text, faults stay local."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streaming.engine import EngineOverloaded
+from streaming.errors import TextError
+from streaming.events import AudioChunk, StreamDone
+from streaming.params import SamplingParams, StreamPolicy
+from streaming.stream import SpeechRequest
+
+from engine_fixtures import make_engine, run, tiny_parts, voice
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_parts()
+
+
+@pytest.fixture(scope="module")
+def engine(parts):
+    eng = make_engine(parts, max_streams=4, max_queue=8)
+    yield eng
+    eng.stop()
+
+
+def req(text: str, n: int, v=None, **kw) -> SpeechRequest:
+    return SpeechRequest(text=text, voice=v, sampling=SamplingParams(greedy=True, max_semantic_tokens=n),
+                         return_tokens=True, **kw)
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def collect(handle):
+    events = list(handle.events(timeout=120))
+    audio = [e.samples for e in events if isinstance(e, AudioChunk)]
+    return (np.concatenate(audio) if audio else np.zeros(0, np.float32)), events[-1]
+
+
+def test_concurrent_streams_equal_solo_runs(engine):
+    """Streams of different lengths and voices run together give each exactly its solo tokens and audio."""
+    requests = [req("Hello there.", 25), req("A somewhat longer sentence to speak.", 60, voice()),
+                req("Short one.", 15, voice("v2/de_speaker_1")),
+                req("Another voice, another length, and a sliding fine window.", 45, voice("announcer"))]
+    solo = [run(engine, r) for r in requests]
+    handles = [engine.submit(r) for r in requests]
+    together = [collect(h) for h in handles]
+    for (audio, _, _, done), (audio2, done2) in zip(solo, together):
+        assert done2.reason == "end"
+        for a, b in zip(done.tokens, done2.tokens):
+            assert np.array_equal(a.semantic, b.semantic)
+            assert np.array_equal(a.coarse, b.coarse)
+            assert np.array_equal(a.fine, b.fine)
+        assert np.array_equal(audio, audio2)
+
+
+def test_cancel_mid_stream_frees_slots_and_spares_others(engine):
+    """Cancelling one stream ends it with 'cancelled', frees its KV slots, and the neighbour is unchanged."""
+    other = req("The neighbour keeps talking.", 50)
+    solo_audio = run(engine, other)[0]
+    victim = engine.submit(req("This one will be cut short before it ends.", 200))
+    neighbour = engine.submit(other)
+    for event in victim.events(timeout=60):
+        if isinstance(event, AudioChunk):
+            victim.cancel()
+            break
+    rest = list(victim.events(timeout=60))
+    assert isinstance(rest[-1], StreamDone) and rest[-1].reason == "cancelled"
+    audio, done = collect(neighbour)
+    assert done.reason == "end" and np.array_equal(audio, solo_audio)
+    assert wait_until(lambda: engine.snapshot().active == 0)
+    assert engine.semantic.cache.n_free == engine.coarse.cache.n_free == engine.config.max_streams
+
+
+def test_admission_beyond_capacity_queues(parts):
+    """With one stream slot, later requests queue and all complete; past max_queue submit raises overloaded."""
+    eng = make_engine(parts, max_streams=1, max_queue=2)
+    try:
+        holder = eng.submit(SpeechRequest(text=None))  # piecewise, no text yet: holds the only slot
+        assert wait_until(lambda: eng.snapshot().active == 1)
+        handles = [eng.submit(req(f"Request number {i}.", 10)) for i in range(2)]
+        assert eng.snapshot().queued == 2
+        with pytest.raises(EngineOverloaded) as info:
+            eng.submit(req("One too many.", 10))
+        assert info.value.retry_after_ms > 0
+        holder.feed("Now I speak.")
+        holder.end()
+        dones = [collect(h)[1] for h in [holder, *handles]]
+        assert [d.reason for d in dones] == ["end"] * 3
+        assert dones[2].stats.queued_s > 0
+    finally:
+        eng.stop()
+
+
+def test_piecewise_text_feed_flush_end(engine):
+    """Text fed in pieces becomes a segment per completed sentence; flush cuts mid-sentence; end finishes."""
+    h = engine.submit(SpeechRequest(text=None, sampling=SamplingParams(greedy=True, max_semantic_tokens=12),
+                                    return_tokens=True))
+
+    def texts():
+        stream = engine._active.get(h.id)
+        return [s.text for s in stream.segments] if stream else None
+
+    for piece in ["Hel", "lo the", "re. How "]:
+        h.feed(piece)
+    assert wait_until(lambda: texts() == ["Hello there."])
+    for piece in ["are you", " today? I am", " fine"]:
+        h.feed(piece)
+    assert wait_until(lambda: texts() == ["Hello there.", "How are you today?"])
+    h.flush()
+    assert wait_until(lambda: texts() == ["Hello there.", "How are you today?", "I am fine"])
+    h.feed(" and you")
+    h.end()
+    with pytest.raises(TextError):
+        h.feed("more")
+    audio, done = collect(h)
+    assert done.reason == "end" and len(audio) == done.samples > 0
+    assert [s.text for s in done.tokens] == ["Hello there.", "How are you today?", "I am fine", "and you"]
+
+
+def test_empty_text_rejected(engine):
+    """Whole-text requests with nothing to say are refused at submit with TextError naming `text`."""
+    with pytest.raises(TextError, match="text"):
+        engine.submit(SpeechRequest(text="   \n"))
+
+
+def test_fault_in_one_stream_ends_only_that_stream(engine, monkeypatch):
+    """An exception in one stream's coarse sampling ends it with error 'internal'; a concurrent stream completes."""
+    import streaming.stages.coarse as coarse_mod
+
+    real = coarse_mod.sample
+    victim_gen: list = []
+
+    def faulty(logits, **kw):
+        if kw["generator"] in victim_gen:
+            raise RuntimeError("injected fault")
+        return real(logits, **kw)
+
+    healthy_req = req("Healthy stream here.", 30)
+    expected = run(engine, healthy_req)[0]
+    monkeypatch.setattr(coarse_mod, "sample", faulty)
+    bad = engine.submit(req("This stream breaks.", 30))
+    good = engine.submit(healthy_req)
+    assert wait_until(lambda: bool(engine._active.get(bad.id) and engine._active[bad.id].segments))
+    victim_gen.append(engine._active[bad.id].segments[0].generator)
+    _, bad_done = collect(bad)
+    audio, good_done = collect(good)
+    assert bad_done.reason == "error" and bad_done.error_code == "internal"
+    assert good_done.reason == "end" and np.array_equal(audio, expected)
+    assert engine.healthy
+
+
+def test_pause_stops_compute_and_resume_finishes(engine):
+    """A paused stream makes no progress (no new events) until resumed, then completes normally."""
+    h = engine.submit(req("Pause me in the middle please.", 40))
+    first = next(iter(h.events(timeout=60)))
+    h.pause()
+    time.sleep(0.05)  # let the tick in flight finish
+    stream = engine._active[h.id]
+    before = (sum(len(s.semantic) for s in stream.segments), sum(len(s.coarse) for s in stream.segments))
+    time.sleep(0.3)
+    after = (sum(len(s.semantic) for s in stream.segments), sum(len(s.coarse) for s in stream.segments))
+    assert before == after and engine.snapshot().paused == 1
+    h.resume()
+    _, done = collect(h)
+    assert isinstance(first, AudioChunk) or first is not None
+    assert done.reason == "end"
+
+
+def test_async_iteration(engine):
+    """The handle is an async iterator when submitted with a loop; events arrive in order ending with done."""
+    import asyncio
+
+    async def main():
+        h = engine.submit(req("Async hello.", 15), loop=asyncio.get_running_loop())
+        return [e async for e in h]
+
+    events = asyncio.run(main())
+    assert isinstance(events[-1], StreamDone) and events[-1].reason == "end"
+    assert sum(len(e.samples) for e in events if isinstance(e, AudioChunk)) == events[-1].samples
+
+
+def test_engine_stop_ends_streams(parts):
+    """stop() ends in-flight streams (cancelled, code shutting_down) and the engine reports unhealthy."""
+    eng = make_engine(parts, max_streams=2)
+    h = eng.submit(req("A long request that will not finish.", 300))
+    threading.Timer(0.2, eng.stop).start()
+    _, done = collect(h)
+    assert done.reason in ("cancelled", "end")
+    assert wait_until(lambda: not eng.healthy)
