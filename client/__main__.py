@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.protocol import ENCODINGS, ProtocolError
-from server.protocol_params import parse_params
+from server.protocol import ENCODINGS, ProtocolError, parse_params
 
 from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, ServerError
 from .player import PlaybackUnavailable, Player, PlayerConfig

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from server.protocol import (
     ENCODINGS,
+    MAX_SERVER_FRAME_BYTES,
     PROTOCOL_VERSION,
     ProtocolError,
     decode_server_message,
@@ -34,7 +35,6 @@ from server.protocol import (
     is_valid_id,
     pcm_decode,
 )
-from server.protocol_server import MAX_SERVER_FRAME_BYTES
 
 log = logging.getLogger(__name__)
 
