@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer", default=None, help="directory with vocab.txt, or a hub repo id")
     model.add_argument("--voices", type=Path, default=None, metavar="DIR", help="directory of voice presets")
     model.add_argument("--default-voice", default=None, help="voice for requests that name none")
-    model.add_argument("--offline", action="store_true", help="never reach the hub for voices at request time")
+    model.add_argument("--offline", action="store_true",
+                       help="never reach the hub: weights, tokenizer and voices from local files or the cache")
     cap = p.add_argument_group("limits")
     cap.add_argument("--max-streams", type=int, default=d.max_streams, help="streams the engine computes at once")
     cap.add_argument("--max-queue", type=int, default=d.max_queue, help="streams waiting before `overloaded`")
@@ -106,6 +107,8 @@ def _run(coro_fn, config: ServerConfig) -> None:  # type: ignore[no-untyped-def]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # websockets logs every HTTP probe (/healthz, /metrics) at INFO
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
         _run(serve, config)
