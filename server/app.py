@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -39,6 +40,7 @@ def create_engine(config: ServerConfig) -> Engine:
         codec=config.codec,
         tokenizer=config.tokenizer,
         voices_dir=config.voices_dir,
+        local_files_only=config.offline,
         config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue),
     )
 
@@ -74,6 +76,7 @@ class BarkServer:
         self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready))
         self._ids = itertools.count(1)
         self._server: Server | None = None
+        self._sessions: dict[Session, asyncio.Task[None]] = {}  # open sessions -> their handler tasks
 
     @property
     def port(self) -> int:
@@ -92,9 +95,13 @@ class BarkServer:
         log.info("listening on ws://%s:%d%s (model %s)", cfg.host, self.port, PATH, self.engine.model_name)
 
     async def close(self) -> None:
-        """Stop listening and close every connection (1001); safe to call twice."""
+        """Send `shutting_down` to every connection, close them (1001) and stop listening; safe to call twice."""
         if self._server is None:
             return
+        for session in self._sessions:
+            session.shutdown()
+        if self._sessions:
+            await asyncio.wait(self._sessions.values(), timeout=self.config.close_timeout)
         self._server.close()
         await self._server.wait_closed()
         log.info("server closed")
@@ -148,11 +155,14 @@ class BarkServer:
         conn_id = f"c{next(self._ids)}"
         self.metrics.connections += 1
         log.info("conn %s: open from %s (%d open)", conn_id, ws.remote_address, self.metrics.connections)
+        session = Session(ws, self._ctx, conn_id)
+        self._sessions[session] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            await Session(ws, self._ctx, conn_id).run()
+            await session.run()
         except Exception:
             log.exception("conn %s: session failed", conn_id)
             await ws.close(1011, "internal error")
         finally:
+            del self._sessions[session]
             self.metrics.connections -= 1
             log.info("conn %s: closed (code %s, %d open)", conn_id, ws.close_code, self.metrics.connections)

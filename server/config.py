@@ -39,7 +39,7 @@ class ServerConfig:
     tokenizer: str | None = None  # local dir with vocab.txt, or a hub repo; None = bert-base-multilingual-cased
     voices_dir: Path | None = None  # directory of voice presets (Suno or transformers layout)
     default_voice: str | None = None  # voice for requests that name none; None = no voice prompt
-    offline: bool = False  # never reach the hub at request time (voices come from voices_dir only)
+    offline: bool = False  # never reach the hub: weights, tokenizer and voices from local files/cache only
     # --- engine capacity
     max_streams: int = 8  # streams computed at once by the engine
     max_queue: int = 32  # streams waiting for admission before `overloaded`

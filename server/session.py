@@ -111,7 +111,8 @@ class Session:
         self.conn_id = conn_id
         self._requests: dict[str, _Request] = {}
         self._out: asyncio.Queue[bytes | _Close] = asyncio.Queue(ctx.config.send_queue_frames)
-        self._closing = False  # a fatal error queued a _Close
+        self._closing = False  # a fatal error or shutdown queued a _Close
+        self._shutdown: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Send `ready`, then serve until either side ends; cancel every stream on the way out."""
@@ -126,9 +127,22 @@ class Session:
         finally:
             await self._release(receiver, sender)
 
+    def shutdown(self) -> None:
+        """The server is stopping: queue `shutting_down` and a 1001 close after the frames already queued."""
+        if not self._closing:
+            self._closing = True
+            exc = ProtocolError("shutting_down", "the server is stopping; reconnect later")
+            self._shutdown = asyncio.create_task(self._queue_close(exc), name=f"{self.conn_id} shutdown")
+
+    async def _queue_close(self, exc: ProtocolError) -> None:
+        await self._put_error(exc)
+        await self._out.put(_Close(exc.close_code or 1001, exc.code))
+
     async def _release(self, *tasks: asyncio.Task[None]) -> None:
         """Cancel the connection's tasks and engine streams and wait until they are gone."""
         pumps = [req.pump for req in self._requests.values() if req.pump is not None]
+        if self._shutdown is not None:
+            tasks += (self._shutdown,)
         for req in self._requests.values():
             req.handle.cancel()
         if self._requests:
@@ -167,9 +181,10 @@ class Session:
                     await self._dispatch(decode_client_message(frame, self._limits))
                 except ProtocolError as exc:
                     await self._refuse(exc, frame)
-                    if exc.fatal:
+                    if exc.fatal and not self._closing:
                         self._closing = True
                         await self._out.put(_Close(exc.close_code or 1008, exc.code))
+                    if exc.fatal:
                         return
         except ConnectionClosed as exc:
             log.info("conn %s: connection lost (%s)", self.conn_id, exc)

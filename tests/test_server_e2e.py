@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,7 @@ from tests.server_fixtures import (  # noqa: F401 - engine and server are fixtur
     quantise_s16,
     run,
     server,
+    start_server,
 )
 
 TEXTS = ("Hello there.", "How are you today?", "The quick brown fox jumps.", "One more, please.")
@@ -233,6 +235,35 @@ def test_ready_announces_limits(server: ServerThread) -> None:
     assert ready["encodings"] == ["pcm_s16le", "pcm_f32le"]
     assert ready["limits"]["max_ids_in_flight"] == server.config.limits.max_ids_in_flight  # type: ignore[index]
     assert "v2/en_speaker_6" in ready["voices"]  # type: ignore[operator]
+
+
+def test_shutdown_tells_clients(engine: Engine) -> None:
+    """Stopping the server sends shutting_down, closes with 1001 and cancels the streams in flight."""
+    srv = start_server(engine)
+
+    async def go() -> tuple[RawClient, tuple[int | None, str]]:
+        client = await RawClient.connect(srv.url)
+        await client.speak("a", LONG_TEXT, params=LONG_PARAMS)
+        while not client.results.get("a") or not client.results["a"].audio:
+            await client.next_message()
+        stopping = asyncio.create_task(asyncio.to_thread(srv.stop))
+        closed = await client.closed()
+        await stopping
+        return client, closed
+
+    client, (code, reason) = run(go())
+    assert (code, reason) == (1001, "shutting_down")
+    assert [e["code"] for e in client.general_errors] == ["shutting_down"]
+    assert client.results["a"].done is None
+    assert _eventually_idle(engine)
+
+
+def _eventually_idle(engine: Engine, timeout: float = 5.0) -> bool:
+    """Poll the engine until no stream is active (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while engine.snapshot().active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return engine.snapshot().active == 0
 
 
 def test_server_class_closes_twice(engine: Engine) -> None:
