@@ -97,14 +97,16 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(merge_heads(y))
 
     def decode(
-        self, x: torch.Tensor, cache: KVCache, layer: int, slots: list[int], positions: list[int]
+        self, x: torch.Tensor, cache: KVCache, layer: int, slots: list[int], positions: list[int],
+        index: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x: [B, 1, C], one new token per stream at `positions` in `slots`."""
+        """x: [B, 1, C], one new token per stream at `positions` in `slots` (`index`: both as tensors)."""
         q, k, v = self._qkv(x)  # [B, nh, 1, hs]
+        slot_t, pos_t = index
+        cache.k[layer, slot_t, :, pos_t] = k[:, :, 0]  # [B, nh, hs] into each stream's position
+        cache.v[layer, slot_t, :, pos_t] = v[:, :, 0]
         ys = []
         for i, (slot, pos) in enumerate(zip(slots, positions)):
-            cache.k[layer, slot, :, pos] = k[i, :, 0]
-            cache.v[layer, slot, :, pos] = v[i, :, 0]
             keys = cache.k[layer, slot, :, : pos + 1]  # [nh, L, hs], a view
             values = cache.v[layer, slot, :, : pos + 1]
             ys.append(F.scaled_dot_product_attention(q[i], keys, values))  # [nh, 1, hs]
@@ -194,9 +196,10 @@ class GPT(nn.Module):
         positions = [cache.lengths[s] for s in slots]
         assert max(positions) < cache.max_len, "a stream ran past the end of its KV cache slot"
         pos_t = torch.tensor(positions, device=tokens.device)
+        index = (torch.tensor(slots, device=tokens.device), pos_t)
         x = self.transformer.wte(tokens[:, None]) + self.transformer.wpe(pos_t)[:, None]  # [B, 1, C]
         for layer, block in enumerate(self.transformer.h):
-            x = x + block.attn.decode(block.ln_1(x), cache, layer, slots, positions)
+            x = x + block.attn.decode(block.ln_1(x), cache, layer, slots, positions, index)
             x = x + block.mlp(block.ln_2(x))
         for s in slots:
             cache.lengths[s] += 1
