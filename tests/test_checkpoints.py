@@ -177,7 +177,9 @@ def test_unknown_model_name() -> None:
     ("bark-small", "suno/bark", "text.pt"),
     ("hf:suno/bark-small", "suno/bark-small", "config.json"),
 ])
-def test_hub_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, repo: str, filename: str) -> None:
+def test_hub_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, choice: str, repo: str, filename: str
+) -> None:
     """Offline with an empty cache: WeightsError names the repo, the file, the cache, HF_HUB_OFFLINE and --model."""
     import huggingface_hub.constants as hub_constants
 
