@@ -77,7 +77,7 @@ class StreamPolicy:
     lookahead: str = "exact"  # "exact": coarse windows wait for every semantic token they read
     max_lookahead: int = 16  # "bounded": semantic tokens a window may read beyond what exists
     fine: str = "sliding"  # "sliding": fine windows over partial coarse; "offline": Bark's own windows
-    fine_right_context: int = 48  # "sliding": coarse frames of right context before a frame is final
+    fine_right_context: int = 16  # "sliding": coarse frames of right context before a frame is final
     fine_window: int = 256  # "sliding": frames per fine model call (left + new + right)
 
     def __post_init__(self) -> None:

@@ -13,10 +13,12 @@ The fine model is non-causal: frame t's codes depend on frames after t. Two poli
                   (history or  (predicted,    (predicted,
                   earlier out)   kept)          dropped)
 
-             new = c = (W - R) // 2 frames per window in steady state (the first
-             window of a segment finalises as soon as FIRST_NEW frames + R exist);
-             left = as much earlier fine output (or the voice's fine history)
-             as fits in W. Once the coarse stage has ended no right context
+             A window runs once `min(c, FIRST_NEW * 2**k)` new frames plus R
+             exist (k = windows already run for the segment: 8, 16, 32, ...
+             frames, so the first audio comes quickly and later windows are
+             larger and cheaper per frame), and takes every available frame up
+             to c = (W - R) // 2; left = as much earlier fine output (or the
+             voice's fine history) as fits in W. Once the coarse stage has ended no right context
              is waited for: the last windows take up to c + R new frames.
              Codebooks 2..7 are predicted one after another over
              positions >= left, exactly as Bark does inside its windows.
@@ -53,7 +55,7 @@ class FineWindow:
 
 
 def plan_window(n_hist: int, n_final: int, n_available: int, coarse_done: bool,
-                policy: StreamPolicy) -> FineWindow | None:
+                policy: StreamPolicy, windows_run: int = 0) -> FineWindow | None:
     """The next sliding window for a segment, or None if it must wait."""
     W, R = policy.fine_window, policy.fine_right_context
     c = (W - R) // 2
@@ -64,7 +66,7 @@ def plan_window(n_hist: int, n_final: int, n_available: int, coarse_done: bool,
         new = min(c + R, remaining)
         right = min(R, remaining - new)
     else:
-        needed = c if n_final > 0 else min(c, FIRST_NEW)
+        needed = min(c, FIRST_NEW * 2 ** min(windows_run, 16))
         if remaining - R < needed:
             return None
         new, right = min(c, remaining - R), R
@@ -110,7 +112,7 @@ class FineStage:
             return "finish"
         if policy.fine == "offline":
             return "offline" if coarse_done else None
-        return plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy)
+        return plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy, st.windows)
 
     def run_offline(self, seg: Segment, params: SamplingParams) -> None:
         """Bark's own fine windows over the whole segment (fidelity policy)."""

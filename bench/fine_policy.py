@@ -1,0 +1,63 @@
+"""How the sliding fine policy's knobs trade first-audio latency against agreement with offline fine codes.
+
+    python bench/fine_policy.py [--shape small] [--tokens 150]
+
+For each (fine_window, fine_right_context) the same greedy request (voice
+v2/en_speaker_6) is streamed; we report how many coarse frames must exist before
+the first fine window can run (what sets time to first audio) and the share of codebook 2-7 codes equal to Bark's offline fine pass over
+the same coarse codes. Random weights spread attention evenly, so agreement is
+low for every setting; with trained weights, rerun this to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import machine
+from offline_vs_suno import VOCAB
+from streaming import offline
+from streaming.codec import load_codec
+from streaming.engine import Engine, EngineConfig
+from streaming.events import StreamDone
+from streaming.params import SamplingParams, StreamPolicy
+from streaming.stages.fine import FIRST_NEW
+from streaming.stream import SpeechRequest
+from streaming.tokenizer import BarkTokenizer
+from streaming.voices import bundled_voices_dir, load_voice
+from streaming.weights import load_models
+
+SETTINGS = [(128, 8), (256, 16), (256, 32), (256, 48), (512, 64), (1024, 128)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="small", choices=("tiny", "small", "large"))
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--tokens", type=int, default=150, help="semantic tokens (greedy)")
+    a = ap.parse_args()
+    print(f"machine: {machine()}")
+    models = load_models(f"random-{a.shape}", device="cpu", dtype=a.dtype)
+    engine = Engine(models, load_codec("random"), BarkTokenizer.from_vocab_file(VOCAB), EngineConfig(max_streams=1))
+    engine.start()
+    voice = load_voice("v2/en_speaker_6", voices_dir=bundled_voices_dir())
+    params = SamplingParams(greedy=True, max_semantic_tokens=a.tokens)
+    text = "Hello there, this is a benchmark of the fine policy."
+    reference = None
+    print(f"random-{a.shape} {a.dtype}, {a.tokens} semantic tokens, greedy")
+    print("window right | coarse frames before first fine window | agreement (codebooks 2-7)")
+    for window, right in SETTINGS:
+        policy = StreamPolicy(fine_window=window, fine_right_context=right)
+        req = SpeechRequest(text=text, voice=voice, sampling=params, policy=policy, return_tokens=True)
+        done = [e for e in engine.submit(req).events(timeout=3600) if isinstance(e, StreamDone)][0]
+        seg = done.tokens[0]
+        if reference is None:
+            reference = offline.generate_fine(models, seg.coarse, voice, params, torch.Generator())
+        agree = float((reference[2:] == seg.fine[2:]).mean())
+        print(f"{window:6d} {right:5d} | {FIRST_NEW + right:38d} | {agree:6.1%}")
+    engine.stop()
+
+
+if __name__ == "__main__":
+    main()
