@@ -306,7 +306,8 @@ class StatefulDecoder:
 
     `decode(codes [8, t])` returns the t*320 samples of those frames, all final; a batch
     of lock-step streams can be passed as [B, 8, t] and gives [B, t*320]. The first
-    chunk needs at least `min_first_chunk` frames (7 for the 24 kHz model).
+    chunk needs at least `min_first_chunk` frames (7 for the 24 kHz model). Weights are
+    read once here: create decoders after loading the model and moving it to its device.
     """
 
     def __init__(self, model: EncodecModel) -> None:
