@@ -126,21 +126,21 @@ def test_greedy_params() -> None:
 
 # ----------------------------------------------------------- seeds and caps
 def test_seeded_sampling_reproducible(models, codec, tokenizer) -> None:
-    """Non-greedy generate_audio with the same seed gives identical tokens and audio; another seed differs."""
-    def run(seed: int):
-        return generate_audio(models, codec, tokenizer, TEXT, None,
-                              SamplingParams(seed=seed, max_semantic_tokens=20, text_temp=1.0))
-
-    a, b, c = run(3), run(3), run(4)
+    """Non-greedy generate_audio with the same seed gives identical tokens and audio; its semantic stage is seeded."""
+    params = SamplingParams(seed=3, max_semantic_tokens=8, text_temp=1.0)
+    a, b = (generate_audio(models, codec, tokenizer, TEXT, None, params) for _ in range(2))
     for stage in ("semantic", "coarse", "fine", "audio"):
         assert np.array_equal(getattr(a, stage), getattr(b, stage)), stage
-    assert len(a.semantic) == 20 and a.coarse.shape == (2, 30) and a.fine.shape == (8, 30)
-    assert not np.array_equal(a.semantic, c.semantic)
+    assert len(a.semantic) == 8 and a.coarse.shape == (2, 12) and a.fine.shape == (8, 12)
+    ids = tokenizer.encode(TEXT)
+    same = generate_semantic(models, ids, None, params, make_generator(3))
+    other = generate_semantic(models, ids, None, params, make_generator(4))
+    assert np.array_equal(a.semantic, same) and not np.array_equal(same, other)
 
 
 def test_seeded_coarse_and_fine_reproducible(models) -> None:
     """generate_coarse / generate_fine sampling: same generator seed -> identical codes, other seed -> different."""
-    semantic = np.random.default_rng(0).integers(0, 10_000, 20)
+    semantic = np.random.default_rng(0).integers(0, 10_000, 8)
     params = SamplingParams(coarse_temp=1.0, fine_temp=1.0)
     coarse = [generate_coarse(models, semantic, None, params, make_generator(s)) for s in (5, 5, 6)]
     assert np.array_equal(coarse[0], coarse[1]) and not np.array_equal(coarse[0], coarse[2])
@@ -149,16 +149,7 @@ def test_seeded_coarse_and_fine_reproducible(models) -> None:
     assert np.array_equal(fine[0][:2], coarse[0])  # the given codebooks are kept as they are
 
 
-def test_fine_greedy_ignores_generator(models) -> None:
-    """Greedy fine codes do not depend on the generator (identical with seeds 0 and 1)."""
-    coarse = np.random.default_rng(1).integers(0, 1024, (2, 40))
-    params = SamplingParams(greedy=True)
-    a = generate_fine(models, coarse, None, params, make_generator(0))
-    b = generate_fine(models, coarse, None, params, make_generator(1))
-    assert np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("cap", [1, 7, 33])
+@pytest.mark.parametrize("cap", [1, 7, 20])
 def test_max_semantic_tokens_caps_length(models, tokenizer, cap: int) -> None:
     """max_semantic_tokens=N yields exactly N semantic tokens (random weights do not stop earlier), greedy or not."""
     ids = tokenizer.encode(TEXT)
