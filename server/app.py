@@ -3,6 +3,12 @@
     engine = create_engine(config); engine.start()      # blocking: load + warm-up
     async with BarkServer(engine, config) as server:    # the port opens here
         print(server.port); await server.serve_forever()
+        await server.drain(30.0)                        # graceful stop: finish what is in flight
+
+Before an upgrade the server checks, in order: the path, the API key (401), the
+Origin (403), draining and `max_connections` (503 with Retry-After). A watcher
+task turns `/healthz` unhealthy and closes every connection with 1011 if the
+engine thread dies; `engine_failed` tells `python -m server` to exit non-zero.
 """
 
 from __future__ import annotations
@@ -17,18 +23,24 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from streaming.bundle import load_engine
 from streaming.engine import Engine, EngineConfig
 from streaming.voices import list_presets
 
+from .auth import KeySet, origin_allowed, secret_free_logger
 from .config import ServerConfig
+from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
-from .protocol import PATH, encode_server_message, ready_message
-from .session import ServerContext, Session
+from .protocol import PATH, ProtocolError, encode_server_message, ready_message
+from .session import Session
 
 log = logging.getLogger(__name__)
+
+ENGINE_POLL_S = 0.2  # how often the watcher checks that the engine thread is alive
+RETRY_AFTER_S = 5  # Retry-After (seconds) on 503 answers
 
 
 def create_engine(config: ServerConfig) -> Engine:
@@ -62,6 +74,13 @@ def _json_response(connection: ServerConnection, status: int, body: dict[str, An
     return response
 
 
+def _refusal(connection: ServerConnection, status: int, text: str, **headers: str) -> Response:
+    response = connection.respond(status, text + "\n")
+    for name, value in headers.items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
 class BarkServer:
     """Serves an already started engine; `async with` opens and closes the listening socket."""
 
@@ -71,12 +90,19 @@ class BarkServer:
         self.metrics = ServerMetrics()
         ready = ready_message(
             engine.model_name, voice_names(config), config.limits,
-            extra_limits={"max_streams": config.max_streams, "max_queue": config.max_queue},
+            extra_limits={"max_streams": config.max_streams, "max_queue": config.max_queue,
+                          "max_messages_per_s": int(config.max_messages_per_s),
+                          "max_buffer_ms": int(config.max_buffer_s * 1000)},
         )
         self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready))
+        self._keys = KeySet(config.api_keys)
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._sessions: dict[Session, asyncio.Task[None]] = {}  # open sessions -> their handler tasks
+        self._admitted: set[ServerConnection] = set()  # upgrades let through, not yet closed
+        self._draining = False
+        self._watcher: asyncio.Task[None] | None = None
+        self.engine_failed = asyncio.Event()  # set once the engine thread has died
 
     @property
     def port(self) -> int:
@@ -85,26 +111,57 @@ class BarkServer:
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def start(self) -> None:
-        """Open the listening socket."""
+        """Open the listening socket and start watching the engine."""
         cfg = self.config
         self._server = await serve(
             self._handle, cfg.host, cfg.port, process_request=self._process_request,
-            max_size=cfg.ws_max_size, compression=None, ping_interval=cfg.ping_interval,
-            close_timeout=cfg.close_timeout,
+            max_size=cfg.ws_max_size, compression="deflate" if cfg.compression else None,
+            ping_interval=None,  # the session watchdog pings: keepalive and audio acknowledgement in one
+            open_timeout=cfg.open_timeout, close_timeout=cfg.close_timeout, logger=secret_free_logger(),
         )
-        log.info("listening on ws://%s:%d%s (model %s)", cfg.host, self.port, PATH, self.engine.model_name)
+        self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
+        log.info("listening on ws://%s:%d%s (model %s, %s)", cfg.host, self.port, PATH, self.engine.model_name,
+                 f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no authentication")
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting connections and requests; let requests in flight finish for up to `timeout`
+        seconds; then close every connection with 1012 (`shutting_down`). Call close() afterwards."""
+        if self._server is None or self._draining:
+            return
+        self._draining = True
+        self._server.close(close_connections=False)  # stop listening; open connections go on
+        for session in self._sessions:
+            session.drain()
+        busy = sum(s.busy for s in self._sessions)
+        log.info("draining: %d connection(s), %d with requests in flight, deadline %.1f s",
+                 len(self._sessions), busy, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(s.busy for s in self._sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.05)  # bounded by the drain deadline
+        left = [s for s in self._sessions if s.busy]
+        if left:
+            log.warning("drain deadline reached: closing %d connection(s) with requests in flight", len(left))
+        await self._close_sessions(ProtocolError("shutting_down", "the server is restarting; reconnect later",
+                                                 close_code=1012))
 
     async def close(self) -> None:
         """Send `shutting_down` to every connection, close them (1001) and stop listening; safe to call twice."""
         if self._server is None:
             return
-        for session in self._sessions:
-            session.shutdown()
-        if self._sessions:
-            await asyncio.wait(self._sessions.values(), timeout=self.config.close_timeout)
+        await self._close_sessions(None)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         self._server.close()
         await self._server.wait_closed()
         log.info("server closed")
+
+    async def _close_sessions(self, exc: ProtocolError | None) -> None:
+        for session in list(self._sessions):
+            session.shutdown(exc)
+        if self._sessions:
+            await asyncio.wait(list(self._sessions.values()), timeout=self.config.close_timeout)
 
     async def serve_forever(self) -> None:
         assert self._server is not None, "BarkServer.serve_forever: call start() first"
@@ -117,36 +174,71 @@ class BarkServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def _watch_engine(self) -> None:
+        """Poll the engine thread; when it dies, close every connection with 1011 and set engine_failed."""
+        while self.engine.healthy:
+            await asyncio.sleep(ENGINE_POLL_S)  # a liveness poll: the engine has no death callback
+        log.critical("engine thread died: closing %d connection(s) with 1011", len(self._sessions))
+        self.engine_failed.set()
+        await self._close_sessions(ProtocolError("internal", "the engine failed; the server will restart",
+                                                 fatal=True, close_code=1011))
+
     # --- HTTP ----------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer /healthz and /metrics; let /v1/stream upgrade (503 when full); 404 elsewhere."""
+        """Answer /healthz and /metrics; check key, origin and capacity before /v1/stream upgrades."""
         path = urlsplit(request.path).path
         if path == PATH:
-            if self.metrics.connections >= self.config.max_connections:
-                log.warning("refused a connection: %d open (max_connections)", self.metrics.connections)
-                return connection.respond(503, f"too many connections (max {self.config.max_connections})\n")
-            return None
+            return self._admit(connection, request)
         if path == "/healthz":
             return self._healthz(connection)
         if path == "/metrics":
+            if not self.config.public_metrics and not self._keys.allows(request):
+                return self._unauthorised(connection, "/metrics")
             response = connection.respond(200, self._render_metrics())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = METRICS_CONTENT_TYPE
             return response
         return connection.respond(404, f"not found: {path[:100]} (try {PATH}, /healthz or /metrics)\n")
 
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        cfg = self.config
+        if not self._keys.allows(request):
+            return self._unauthorised(connection, PATH)
+        if not origin_allowed(request, cfg.allowed_origins):
+            self.metrics.refused["origin"] += 1
+            log.warning("refused a connection from %s: origin not allowed", connection.remote_address)
+            return _refusal(connection, 403, "origin not allowed")
+        if self._draining or self.engine_failed.is_set():
+            self.metrics.refused["unavailable"] += 1
+            return _refusal(connection, 503, "the server is stopping", Retry_After=str(RETRY_AFTER_S))
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        if len(self._admitted) >= cfg.max_connections:
+            self.metrics.refused["max_connections"] += 1
+            log.warning("refused a connection: %d open (max_connections)", len(self._admitted))
+            return _refusal(connection, 503, f"too many connections (max {cfg.max_connections})",
+                            Retry_After=str(RETRY_AFTER_S))
+        self._admitted.add(connection)
+        return None
+
+    def _unauthorised(self, connection: ServerConnection, what: str) -> Response:
+        self.metrics.refused["auth"] += 1
+        log.warning("refused %s from %s: missing or unknown API key", what, connection.remote_address)
+        return _refusal(connection, 401, "missing or unknown API key (Authorization: Bearer, X-API-Key "
+                        "or ?token=)", WWW_Authenticate='Bearer realm="bark-stream"')
+
     def _healthz(self, connection: ServerConnection) -> Response:
         if not self.engine.healthy:
             return _json_response(connection, 503, {"status": "unhealthy", "model": self.engine.model_name})
         snap = self.engine.snapshot()
-        return _json_response(connection, 200, {"status": "ok", "model": self.engine.model_name,
-                                                "active_streams": snap.active})
+        return _json_response(connection, 200, {"status": "draining" if self._draining else "ok",
+                                                "model": self.engine.model_name, "active_streams": snap.active})
 
     def _render_metrics(self) -> str:
         snap = self.engine.snapshot()
+        owed = sum(s.ledger.owed_s for s in self._sessions)
         return self.metrics.render(active_streams=snap.active, queue_depth=snap.queued,
-                                   healthy=self.engine.healthy)
+                                   healthy=self.engine.healthy, paused_streams=snap.paused, owed_audio_s=owed)
 
     # --- WebSocket -----------------------------------------------------------------
 
@@ -157,6 +249,8 @@ class BarkServer:
         log.info("conn %s: open from %s (%d open)", conn_id, ws.remote_address, self.metrics.connections)
         session = Session(ws, self._ctx, conn_id)
         self._sessions[session] = asyncio.current_task()  # type: ignore[assignment]
+        if self._draining:
+            session.drain()
         try:
             await session.run()
         except Exception:
@@ -164,5 +258,6 @@ class BarkServer:
             await ws.close(1011, "internal error")
         finally:
             del self._sessions[session]
+            self._admitted.discard(ws)
             self.metrics.connections -= 1
             log.info("conn %s: closed (code %s, %d open)", conn_id, ws.close_code, self.metrics.connections)

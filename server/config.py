@@ -21,7 +21,12 @@ def _positive_number(name: str, value: object, *, allow_none: bool = False) -> N
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{name}: expected a positive number of seconds, got {value!r}")
+        raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+
+
+def _check_strings(name: str, values: object) -> None:
+    if not isinstance(values, tuple) or not all(isinstance(v, str) and v and v == v.strip() for v in values):
+        raise ConfigError(f"{name}: expected a tuple of non-empty strings without surrounding spaces")
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,25 @@ class ServerConfig:
     send_queue_frames: int = 64  # outgoing frames buffered per connection before streams are paused
     oversize_factor: int = 4  # frames up to factor * max_frame_bytes get a `frame_too_large` error
     # beyond that the WebSocket layer closes with 1009 without reading them
+    compression: bool = False  # permessage-deflate; off: PCM barely compresses and zip bombs cost nothing
+    max_messages_per_s: float = 200.0  # per-connection message rate (token bucket refill)
+    message_burst: int = 400  # messages a connection may send at once (token bucket size)
+    rate_limit_strikes: int = 50  # messages refused with `rate_limited` in a row before closing 1008
+    # --- stalled readers
+    max_buffer_s: float = 10.0  # audio (seconds) sent or queued but not yet acknowledged by the peer
+    slow_consumer_timeout: float = 20.0  # seconds without an acknowledgement while audio is owed
+    probe_interval: float = 0.25  # seconds between acknowledgement pings while audio is flowing
     # --- timeouts
+    idle_timeout: float | None = 120.0  # seconds with no request in flight and no message; None = never
     ping_interval: float | None = 20.0  # seconds between keepalive pings; None disables them
+    ping_timeout: float = 20.0  # seconds a keepalive ping may go unanswered before the peer counts as gone
+    open_timeout: float = 10.0  # seconds the opening handshake may take
     close_timeout: float = 5.0  # seconds to wait for a closing handshake / for the send task to finish
+    drain_timeout: float = 30.0  # on SIGTERM/SIGINT: seconds requests in flight may take to finish
+    # --- access
+    api_keys: tuple[str, ...] = ()  # accepted keys; empty = no authentication
+    allowed_origins: tuple[str, ...] = ()  # exact Origin values allowed; empty = any (a missing Origin passes)
+    public_metrics: bool = False  # serve /metrics without a key even when api_keys are set
     # --- logging
     log_level: str = "info"
 
@@ -60,10 +81,19 @@ class ServerConfig:
             raise ConfigError(f"host: expected a host name or address, got {self.host!r}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected an integer in 0..65535, got {self.port!r}")
-        for name in ("max_streams", "max_queue", "max_connections", "send_queue_frames", "oversize_factor"):
+        for name in ("max_streams", "max_queue", "max_connections", "send_queue_frames", "oversize_factor",
+                     "message_burst", "rate_limit_strikes"):
             _positive(name, getattr(self, name))
-        _positive_number("ping_interval", self.ping_interval, allow_none=True)
-        _positive_number("close_timeout", self.close_timeout)
+        for name in ("max_messages_per_s", "max_buffer_s", "slow_consumer_timeout", "probe_interval",
+                     "ping_timeout", "open_timeout", "close_timeout", "drain_timeout"):
+            _positive_number(name, getattr(self, name))
+        for name in ("ping_interval", "idle_timeout"):
+            _positive_number(name, getattr(self, name), allow_none=True)
+        if self.probe_interval >= self.slow_consumer_timeout:
+            raise ConfigError(f"probe_interval ({self.probe_interval}) must be below slow_consumer_timeout "
+                              f"({self.slow_consumer_timeout})")
+        _check_strings("api_keys", self.api_keys)
+        _check_strings("allowed_origins", self.allowed_origins)
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"limits: expected a server.protocol.Limits, got {type(self.limits).__name__}")
         if self.voices_dir is not None and not Path(self.voices_dir).is_dir():
@@ -75,3 +105,8 @@ class ServerConfig:
     def ws_max_size(self) -> int:
         """Largest frame the WebSocket layer reads (bigger ones close the connection with 1009 unread)."""
         return self.limits.max_frame_bytes * self.oversize_factor
+
+    def __repr__(self) -> str:  # never print API keys
+        keys = f"<{len(self.api_keys)} key(s)>"
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "api_keys")
+        return f"ServerConfig({fields}, api_keys={keys})"

@@ -66,6 +66,7 @@ class ServerMetrics:
     requests_total: int = 0  # requests accepted by the engine
     finished: Counter[str] = field(default_factory=Counter)  # done reason -> count
     errors: Counter[str] = field(default_factory=Counter)  # error code -> `error` messages sent
+    refused: Counter[str] = field(default_factory=Counter)  # handshakes refused: auth|origin|max_connections|...
     ttfa: Histogram = field(
         default_factory=lambda: Histogram("bark_ttfa_seconds", "Submit to first audio chunk.", TTFA_BUCKETS)
     )
@@ -81,18 +82,23 @@ class ServerMetrics:
         if rtf is not None and reason == "end":
             self.rtf.observe(rtf)
 
-    def render(self, *, active_streams: int, queue_depth: int, healthy: bool) -> str:
-        """The whole /metrics body; engine gauges are passed in by the caller."""
+    def render(self, *, active_streams: int, queue_depth: int, healthy: bool, paused_streams: int = 0,
+               owed_audio_s: float = 0.0) -> str:
+        """The whole /metrics body; engine and connection gauges are passed in by the caller."""
         lines = [
             *_gauge("bark_up", "1 while the engine thread is alive.", int(healthy)),
             *_gauge("bark_active_streams", "Streams the engine is computing.", active_streams),
+            *_gauge("bark_paused_streams", "Active streams paused because their reader is behind.", paused_streams),
             *_gauge("bark_queue_depth", "Streams waiting for admission.", queue_depth),
             *_gauge("bark_connections", "Open WebSocket connections.", self.connections),
+            *_gauge("bark_unacknowledged_audio_seconds", "Audio queued or sent that clients have not "
+                    "acknowledged, all connections.", round(owed_audio_s, 3)),
             "# HELP bark_requests_total Requests accepted by the engine.",
             "# TYPE bark_requests_total counter",
             f"bark_requests_total {self.requests_total}",
             *_labelled("bark_requests_finished_total", "Requests finished, by done reason.", "reason", self.finished),
             *_labelled("bark_errors_total", "Error messages sent, by code.", "code", self.errors),
+            *_labelled("bark_handshakes_refused_total", "Upgrades refused, by reason.", "reason", self.refused),
             *self.ttfa.render(),
             *self.rtf.render(),
         ]

@@ -1,35 +1,36 @@
-"""One WebSocket connection: a receive task, a send task, and one pump task per request id.
+"""One WebSocket connection: receive, send and watchdog tasks, and one pump task per request id.
 
     frames ──► receive ──► engine.submit / handle.feed ...
                                   │
     engine handles ──► pump (per id) ──► out queue ──► send ──► frames
+                         ▲ waits for credit (AudioLedger)      │ pings
+                         └──────────── watchdog ◄── pongs ◄────┘
 
-The receive task decodes and dispatches client messages; each pump turns its
-engine stream's events into `audio`/`segment`/`done` frames; the send task is
-the only writer to the socket. When the receive or the send task ends, the
-other is cancelled and every engine stream of the connection is cancelled.
+The receive task rate-limits, decodes and dispatches client messages; each pump
+turns its engine stream's events into `audio`/`segment`/`done` frames; the send
+task is the only writer of data frames. The watchdog acknowledges audio with
+pings and ends the connection when the peer stops reading, vanishes or idles.
+When any task ends, the others are cancelled and every engine stream of the
+connection is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
-from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from streaming.engine import Engine, EngineOverloaded, SpeechRequest, StreamHandle
-from streaming.errors import TextError, VoiceError, WeightsError
+from streaming.engine import EngineOverloaded, SpeechRequest
+from streaming.errors import TextError
 from streaming.events import AudioChunk, SegmentSpan, StreamDone
-from streaming.voices import Voice, load_voice
 
-from .config import ServerConfig
-from .metrics import ServerMetrics
+from .context import RequestState, ServerContext, engine_failure, wire_stats
+from .flow import AudioLedger, Verdict, Watchdog, WatchdogConfig
+from .limits import RateLimiter
 from .protocol import (
-    ERROR_CODES,
     Cancel,
     ClientMessage,
     End,
@@ -43,6 +44,7 @@ from .protocol import (
     decode_client_message,
     done_message,
     encode_server_message,
+    is_valid_id,
     pcm_encode,
     segment_message,
 )
@@ -51,32 +53,9 @@ from .protocol_wire import unpack_map
 log = logging.getLogger(__name__)
 
 _REQUEST_MESSAGES = ("text", "flush", "end", "cancel")  # types that act on a request in flight
-_ENGINE_CODES = {"bad_text": "bad_field"}  # engine error codes that have a protocol name of their own
-_VOICE_NAME = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # names only: clients never pass paths
-
-
-@dataclass(frozen=True)
-class ServerContext:
-    """What every session shares: the engine, the options, the metrics and the `ready` frame."""
-
-    engine: Engine
-    config: ServerConfig
-    metrics: ServerMetrics
-    ready_frame: bytes  # encoded once at startup
-
-    async def resolve_voice(self, name: str | None, req_id: str) -> Voice | None:
-        """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none."""
-        name = name if name is not None else self.config.default_voice
-        if name is None:
-            return None
-        if not _VOICE_NAME.fullmatch(name):
-            raise ProtocolError("unknown_voice", f"voice: {name[:40]!r} is not a voice name (letters, digits, "
-                                "- and _, optionally one /, e.g. v2/en_speaker_6)", id=req_id)
-        try:
-            return await asyncio.to_thread(load_voice, name, voices_dir=self.config.voices_dir,
-                                           local_files_only=self.config.offline)
-        except (VoiceError, WeightsError) as exc:
-            raise ProtocolError("unknown_voice", str(exc).splitlines()[0], id=req_id) from None
+SAMPLE_RATE = 24_000
+_VERDICT_CLOSE = {"slow_consumer": 1008, "idle": 1008, "gone": 1011}
+_VERDICT_CODE = {"slow_consumer": "slow_consumer", "idle": "idle_timeout"}
 
 
 @dataclass(frozen=True)
@@ -87,59 +66,96 @@ class _Close:
     reason: str
 
 
-@dataclass(eq=False)
-class _Request:
-    """Server-side state of one request id in flight."""
-
-    id: str
-    kind: str  # "speak" or "start"
-    encoding: str  # pcm_s16le | pcm_f32le
-    handle: StreamHandle
-    chars: int = 0  # characters received so far (start requests)
-    ended: bool = False  # `end` received
-    failure: ProtocolError | None = None  # set when the request must finish with `error` + `done(error)`
-    pump: asyncio.Task[None] | None = None
+_Item = tuple[bytes, float] | _Close  # (frame, seconds of audio in it) or a close
 
 
 class Session:
     """Serves one connection until it closes; `run()` returns once everything it held is freed."""
 
     def __init__(self, ws: ServerConnection, ctx: ServerContext, conn_id: str) -> None:
+        cfg = ctx.config
         self._ws = ws
         self._ctx = ctx
-        self._limits = ctx.config.limits
+        self._limits = cfg.limits
         self.conn_id = conn_id
-        self._requests: dict[str, _Request] = {}
-        self._out: asyncio.Queue[bytes | _Close] = asyncio.Queue(ctx.config.send_queue_frames)
+        self._requests: dict[str, RequestState] = {}
+        self._out: asyncio.Queue[_Item] = asyncio.Queue(cfg.send_queue_frames)
         self._closing = False  # a fatal error or shutdown queued a _Close
+        self._draining = False  # the server drains: new requests are refused with shutting_down
         self._shutdown: asyncio.Task[None] | None = None
+        self.ledger = AudioLedger(cfg.max_buffer_s)
+        self._bucket = RateLimiter(cfg.max_messages_per_s, cfg.message_burst, cfg.rate_limit_strikes)
+        self._last_activity = asyncio.get_running_loop().time()
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is in flight."""
+        return bool(self._requests)
 
     async def run(self) -> None:
-        """Send `ready`, then serve until either side ends; cancel every stream on the way out."""
-        self._out.put_nowait(self._ctx.ready_frame)
+        """Send `ready`, then serve until a task ends; cancel every stream on the way out."""
+        cfg = self._ctx.config
+        self._out.put_nowait((self._ctx.ready_frame, 0.0))
+        dog = Watchdog(self._ws, self.ledger, WatchdogConfig(cfg.probe_interval, cfg.slow_consumer_timeout,
+                       cfg.ping_interval, cfg.ping_timeout, cfg.idle_timeout), self.conn_id, self._idle_since)
         receiver = asyncio.create_task(self._receive(), name=f"{self.conn_id} receive")
         sender = asyncio.create_task(self._send(), name=f"{self.conn_id} send")
+        watchdog = asyncio.create_task(dog.run(), name=f"{self.conn_id} watchdog")
         try:
-            await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
-            if receiver.done() and self._closing and not sender.done():
+            await asyncio.wait((receiver, sender, watchdog), return_when=asyncio.FIRST_COMPLETED)
+            if watchdog.done() and not watchdog.cancelled() and watchdog.exception() is None:
+                await self._terminate(watchdog.result(), sender)
+            elif receiver.done() and self._closing and not sender.done():
                 # A fatal error: let the send task deliver the `error` and the close frame.
-                await asyncio.wait((sender,), timeout=self._ctx.config.close_timeout)
+                await asyncio.wait((sender,), timeout=cfg.close_timeout)
         finally:
-            await self._release(receiver, sender)
+            await self._release(receiver, sender, watchdog)
 
-    def shutdown(self) -> None:
-        """The server is stopping: queue `shutting_down` and a 1001 close after the frames already queued."""
+    def _idle_since(self) -> float | None:
+        return None if self._requests else self._last_activity
+
+    def drain(self) -> None:
+        """The server drains: refuse new requests with `shutting_down`; requests in flight go on."""
+        self._draining = True
+
+    def shutdown(self, exc: ProtocolError | None = None) -> None:
+        """Queue `exc` (default `shutting_down`, 1001) and its close after the frames already queued."""
         if not self._closing:
             self._closing = True
-            exc = ProtocolError("shutting_down", "the server is stopping; reconnect later")
+            exc = exc or ProtocolError("shutting_down", "the server is stopping; reconnect later")
             self._shutdown = asyncio.create_task(self._queue_close(exc), name=f"{self.conn_id} shutdown")
 
     async def _queue_close(self, exc: ProtocolError) -> None:
         await self._put_error(exc)
         await self._out.put(_Close(exc.close_code or 1001, exc.code))
 
+    async def _terminate(self, verdict: Verdict, sender: asyncio.Task[None]) -> None:
+        """The watchdog gave up: cancel every stream now, tell the peer why (if it can hear) and close."""
+        cfg = self._ctx.config
+        self._closing = True
+        self.ledger.close()
+        for req in self._requests.values():
+            req.handle.cancel()
+        log.warning("conn %s: %s: %s; cancelled %d request(s)", self.conn_id, verdict.kind, verdict.message,
+                    len(self._requests))
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        code = _VERDICT_CODE.get(verdict.kind)
+        reason = code or verdict.message
+        try:
+            if code is not None:
+                self._ctx.metrics.errors[code] += 1
+                frame = encode_server_message(ProtocolError(code, verdict.message).to_message())
+                await asyncio.wait_for(self._ws.send(frame), cfg.close_timeout)
+            await asyncio.wait_for(self._ws.close(_VERDICT_CLOSE[verdict.kind], reason), cfg.close_timeout)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        if self._ws.close_code is None:  # the peer never completed the closing handshake
+            self._ws.transport.abort()
+
     async def _release(self, *tasks: asyncio.Task[None]) -> None:
         """Cancel the connection's tasks and engine streams and wait until they are gone."""
+        self.ledger.close()
         pumps = [req.pump for req in self._requests.values() if req.pump is not None]
         if self._shutdown is not None:
             tasks += (self._shutdown,)
@@ -156,28 +172,34 @@ class Session:
     # --- sending -------------------------------------------------------------------
 
     async def _send(self) -> None:
-        """The only writer: drain the out queue into the socket until a _Close or a closed socket."""
+        """The only writer of data frames: drain the out queue until a _Close or a closed socket."""
         try:
             while True:
                 item = await self._out.get()
                 if isinstance(item, _Close):
                     await self._ws.close(item.code, item.reason)
                     return
-                await self._ws.send(item)
+                frame, audio_s = item
+                await self._ws.send(frame)
+                if audio_s:
+                    self.ledger.sent(audio_s)
         except ConnectionClosed as exc:
             log.debug("conn %s: send stopped, connection closed (%s)", self.conn_id, exc)
 
     async def _put_error(self, exc: ProtocolError) -> None:
         self._ctx.metrics.errors[exc.code] += 1
-        await self._out.put(encode_server_message(exc.to_message()))
+        await self._out.put((encode_server_message(exc.to_message()), 0.0))
 
     # --- receiving -----------------------------------------------------------------
 
     async def _receive(self) -> None:
-        """Decode and dispatch every frame; on a fatal error queue `error` + close and stop reading."""
+        """Rate-limit, decode and dispatch every frame; on a fatal error queue `error` + close and stop."""
+        loop = asyncio.get_running_loop()
         try:
             async for frame in self._ws:
+                self._last_activity = loop.time()
                 try:
+                    self._check_rate(frame, self._last_activity)
                     await self._dispatch(decode_client_message(frame, self._limits))
                 except ProtocolError as exc:
                     await self._refuse(exc, frame)
@@ -189,26 +211,41 @@ class Session:
         except ConnectionClosed as exc:
             log.info("conn %s: connection lost (%s)", self.conn_id, exc)
 
+    def _check_rate(self, frame: bytes | str, now: float) -> None:
+        """Raise `rate_limited` (fatal after too many refusals in a row) when the bucket is empty."""
+        verdict = self._bucket.take(now)
+        if verdict == "ok":
+            return
+        cfg = self._ctx.config
+        msg = self._peek(frame)
+        req_id = msg.get("id") if is_valid_id(msg.get("id")) else None
+        fatal = verdict == "close"
+        if fatal:
+            log.warning("conn %s: closing: %d messages refused in a row (rate limit)", self.conn_id,
+                        self._bucket.refused_in_a_row)
+        raise ProtocolError("rate_limited", f"more than {cfg.max_messages_per_s:g} messages per second "
+                            f"(burst {cfg.message_burst}); this message was dropped", id=req_id,
+                            fatal=fatal, close_code=1008 if fatal else None)
+
     async def _refuse(self, exc: ProtocolError, frame: bytes | str) -> None:
         """Answer a refused message; a bad text/flush/end/cancel for an id in flight ends that request."""
         log.info("conn %s: refused a message (id %s): %s: %s", self.conn_id, exc.id, exc.code, exc.message)
         req = self._requests.get(exc.id) if exc.id is not None else None
-        if req is not None and not exc.fatal and self._frame_type(frame) in _REQUEST_MESSAGES:
+        if req is not None and not exc.fatal and self._peek(frame).get("type") in _REQUEST_MESSAGES:
             self._fail(req, exc)
             return
         await self._put_error(exc)
 
-    def _frame_type(self, frame: bytes | str) -> Any:
-        """The `type` of a frame that failed validation after unpacking, else None."""
+    def _peek(self, frame: bytes | str) -> dict[str, object]:
+        """The map a frame holds when it unpacks at all (whatever its fields), else {}."""
         if isinstance(frame, str):
-            return None
+            return {}
         lim = self._limits
         try:
-            msg = unpack_map(frame, max_bytes=lim.max_frame_bytes, max_map_keys=lim.max_map_keys,
-                             max_array_items=lim.max_array_items, max_depth=lim.max_depth)
+            return unpack_map(frame, max_bytes=lim.max_frame_bytes, max_map_keys=lim.max_map_keys,
+                              max_array_items=lim.max_array_items, max_depth=lim.max_depth)
         except ProtocolError:
-            return None
-        return msg.get("type")
+            return {}
 
     async def _dispatch(self, msg: ClientMessage) -> None:
         if isinstance(msg, (Speak, Start)):
@@ -227,7 +264,7 @@ class Session:
             except ProtocolError as exc:
                 self._fail(req, exc)
 
-    def _apply(self, req: _Request, msg: Text | Flush | End) -> None:
+    def _apply(self, req: RequestState, msg: Text | Flush | End) -> None:
         """Feed a start request its text, flush or end; ProtocolError if the request cannot take it."""
         if req.kind != "start":
             raise ProtocolError("bad_field", f"type: {msg.TYPE} applies only to requests opened with start; "
@@ -247,7 +284,7 @@ class Session:
         except TextError as exc:
             raise ProtocolError("bad_field", f"text: {exc}", id=req.id) from None
 
-    def _fail(self, req: _Request, exc: ProtocolError) -> None:
+    def _fail(self, req: RequestState, exc: ProtocolError) -> None:
         """End `req` with `exc`: its pump drops further audio and sends `error` then `done(error)`."""
         if req.failure is None:
             log.info("conn %s: request %s fails: %s: %s", self.conn_id, req.id, exc.code, exc.message)
@@ -257,6 +294,10 @@ class Session:
 
     async def _open(self, msg: Speak | Start) -> None:
         """Check a speak/start, resolve its voice and submit it to the engine; start its pump."""
+        cfg = self._ctx.config
+        if self._draining or self._closing:
+            raise ProtocolError("shutting_down", "the server is stopping and takes no new requests; "
+                                "reconnect later", id=msg.id, fatal=False)
         if msg.id in self._requests:
             raise ProtocolError("duplicate_id", f"id: {msg.id!r} is already in flight on this connection",
                                 id=msg.id)
@@ -269,21 +310,21 @@ class Session:
         try:
             handle = self._ctx.engine.submit(speech, loop=asyncio.get_running_loop())
         except EngineOverloaded as exc:
-            raise ProtocolError("overloaded", f"the server is full ({self._ctx.config.max_streams} streams and "
-                                f"{self._ctx.config.max_queue} queued); retry after {exc.retry_after_ms} ms",
+            raise ProtocolError("overloaded", f"the server is full ({cfg.max_streams} streams and "
+                                f"{cfg.max_queue} queued); retry after {exc.retry_after_ms} ms",
                                 id=msg.id, retry_after_ms=int(exc.retry_after_ms)) from None
         except TextError as exc:
             raise ProtocolError("bad_field", f"text: {exc}", id=msg.id) from None
-        req = _Request(msg.id, msg.TYPE, msg.encoding, handle)
+        req = RequestState(msg.id, msg.TYPE, msg.encoding, handle)
         self._requests[msg.id] = req
         self._ctx.metrics.requests_total += 1
         req.pump = asyncio.create_task(self._pump(req), name=f"{self.conn_id} pump {msg.id}")
         log.info("conn %s: request %s: %s accepted (stream %s, voice %s, %s)", self.conn_id, msg.id, msg.TYPE,
-                 handle.id, msg.voice or self._ctx.config.default_voice, msg.encoding)
+                 handle.id, msg.voice or cfg.default_voice, msg.encoding)
 
     # --- per-request pump ------------------------------------------------------------
 
-    async def _pump(self, req: _Request) -> None:
+    async def _pump(self, req: RequestState) -> None:
         """Forward one engine stream's events as frames, numbering audio; always ends with `done`."""
         seq = sample = 0
         done: StreamDone | None = None
@@ -294,9 +335,12 @@ class Session:
                     break
                 if req.failure is not None:
                     continue
+                audio_s = 0.0
                 if isinstance(event, AudioChunk):
                     if event.samples.size == 0:
                         continue
+                    audio_s = event.samples.size / SAMPLE_RATE
+                    await self._wait_credit(req)
                     pcm = pcm_encode(event.samples, req.encoding)
                     frame = encode_server_message(audio_message(req.id, seq, sample, pcm))
                     seq, sample = seq + 1, sample + int(event.samples.size)
@@ -305,62 +349,51 @@ class Session:
                         segment_message(req.id, event.text, event.start_sample, event.end_sample))
                 else:
                     continue
-                await self._put_frame(req, frame)
+                await self._put_frame(req, frame, audio_s)
         except Exception as exc:  # noqa: BLE001 - one request's bug must not take the connection down
             log.exception("conn %s: request %s: pump failed", self.conn_id, req.id)
             req.handle.cancel()
             req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
         await self._finish(req, done, sample)
 
-    async def _put_frame(self, req: _Request, frame: bytes) -> None:
-        """Queue a frame; while the out queue is full, the engine pauses this stream (backpressure)."""
-        if not self._out.full():
-            self._out.put_nowait(frame)
+    async def _wait_credit(self, req: RequestState) -> None:
+        """While the peer owes acknowledgement of max_buffer_s of audio, the engine pauses this stream."""
+        if self.ledger.has_credit():
             return
+        log.debug("conn %s: request %s: paused, %.2f s of audio unacknowledged", self.conn_id, req.id,
+                  self.ledger.owed_s)
         req.handle.pause()
         try:
-            await self._out.put(frame)
+            await self.ledger.wait_credit()
         finally:
             req.handle.resume()
 
-    async def _finish(self, req: _Request, done: StreamDone | None, samples: int) -> None:
+    async def _put_frame(self, req: RequestState, frame: bytes, audio_s: float) -> None:
+        """Queue a frame; while the out queue is full, the engine pauses this stream (backpressure)."""
+        self.ledger.queued(audio_s)
+        if not self._out.full():
+            self._out.put_nowait((frame, audio_s))
+            return
+        req.handle.pause()
+        try:
+            await self._out.put((frame, audio_s))
+        finally:
+            req.handle.resume()
+
+    async def _finish(self, req: RequestState, done: StreamDone | None, samples: int) -> None:
         """Retire the id, then queue `error` (if it failed) and `done`; record the request's metrics."""
         self._requests.pop(req.id, None)
+        self._last_activity = asyncio.get_running_loop().time()
         failure = req.failure
         if failure is None and (done is None or done.reason == "error"):
-            failure = _engine_failure(req.id, done)
+            failure = engine_failure(req.id, done)
         reason = "error" if failure is not None else done.reason  # type: ignore[union-attr]
-        stats = _wire_stats(done)
+        stats = wire_stats(done)
         if failure is not None:
             await self._put_error(failure)
-        await self._out.put(encode_server_message(done_message(req.id, reason, samples, stats)))
+        await self._out.put((encode_server_message(done_message(req.id, reason, samples, stats)), 0.0))
         ttfa = done.stats.ttfa_s if done is not None else None
         rtf = done.stats.rtf if done is not None else None
         self._ctx.metrics.record_done(reason, ttfa, rtf)
         log.info("conn %s: request %s: done (%s), %d samples, ttfa %s ms, rtf %s", self.conn_id, req.id,
                  reason, samples, stats.get("ttfa_ms"), stats.get("rtf"))
-
-
-def _engine_failure(req_id: str, done: StreamDone | None) -> ProtocolError:
-    """The `error` for a stream the engine ended with reason "error" (or that ended without `done`)."""
-    if done is None:
-        return ProtocolError("internal", "server error: the stream ended without a result", id=req_id)
-    code = _ENGINE_CODES.get(done.error_code or "", done.error_code or "internal")
-    if code not in ERROR_CODES or ERROR_CODES[code] is not None:
-        code = "internal"
-    return ProtocolError(code, done.error or "the engine failed this request", id=req_id)
-
-
-def _wire_stats(done: StreamDone | None) -> dict[str, float]:
-    """StreamStats as the flat str -> number map `done.stats` carries (absent values left out)."""
-    if done is None:
-        return {}
-    stats: dict[str, float] = {}
-    for key, value in done.stats.as_dict().items():
-        if isinstance(value, dict):
-            suffix = "_ms" if key == "stage_ms" else ""
-            prefix = "" if key == "stage_ms" else f"{key}_"
-            stats.update({f"{prefix}{k}{suffix}": v for k, v in value.items() if isinstance(v, (int, float))})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            stats[key] = value
-    return stats

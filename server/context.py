@@ -1,0 +1,83 @@
+"""What every session shares (`ServerContext`), one request's state, and engine results as wire values."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from streaming.engine import Engine, StreamHandle
+from streaming.errors import VoiceError, WeightsError
+from streaming.events import StreamDone
+from streaming.voices import Voice, load_voice
+
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .protocol import ERROR_CODES, ProtocolError
+
+_ENGINE_CODES = {"bad_text": "bad_field"}  # engine error codes that have a protocol name of their own
+_VOICE_NAME = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # names only: clients never pass paths
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What every session shares: the engine, the options, the metrics and the `ready` frame."""
+
+    engine: Engine
+    config: ServerConfig
+    metrics: ServerMetrics
+    ready_frame: bytes  # encoded once at startup
+
+    async def resolve_voice(self, name: str | None, req_id: str) -> Voice | None:
+        """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none."""
+        name = name if name is not None else self.config.default_voice
+        if name is None:
+            return None
+        if not _VOICE_NAME.fullmatch(name):
+            raise ProtocolError("unknown_voice", f"voice: {name[:40]!r} is not a voice name (letters, digits, "
+                                "- and _, optionally one /, e.g. v2/en_speaker_6)", id=req_id)
+        try:
+            return await asyncio.to_thread(load_voice, name, voices_dir=self.config.voices_dir,
+                                           local_files_only=self.config.offline)
+        except (VoiceError, WeightsError) as exc:
+            raise ProtocolError("unknown_voice", str(exc).splitlines()[0], id=req_id) from None
+
+
+
+@dataclass(eq=False)
+class RequestState:
+    """Server-side state of one request id in flight."""
+
+    id: str
+    kind: str  # "speak" or "start"
+    encoding: str  # pcm_s16le | pcm_f32le
+    handle: StreamHandle
+    chars: int = 0  # characters received so far (start requests)
+    ended: bool = False  # `end` received
+    failure: ProtocolError | None = None  # set when the request must finish with `error` + `done(error)`
+    pump: asyncio.Task[None] | None = None
+
+
+def engine_failure(req_id: str, done: StreamDone | None) -> ProtocolError:
+    """The `error` for a stream the engine ended with reason "error" (or that ended without `done`)."""
+    if done is None:
+        return ProtocolError("internal", "server error: the stream ended without a result", id=req_id)
+    code = _ENGINE_CODES.get(done.error_code or "", done.error_code or "internal")
+    if code not in ERROR_CODES or ERROR_CODES[code] is not None:
+        code = "internal"
+    return ProtocolError(code, done.error or "the engine failed this request", id=req_id)
+
+
+def wire_stats(done: StreamDone | None) -> dict[str, float]:
+    """StreamStats as the flat str -> number map `done.stats` carries (absent values left out)."""
+    if done is None:
+        return {}
+    stats: dict[str, float] = {}
+    for key, value in done.stats.as_dict().items():
+        if isinstance(value, dict):
+            suffix = "_ms" if key == "stage_ms" else ""
+            prefix = "" if key == "stage_ms" else f"{key}_"
+            stats.update({f"{prefix}{k}{suffix}": v for k, v in value.items() if isinstance(v, (int, float))})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            stats[key] = value
+    return stats
