@@ -113,6 +113,10 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], where: st
             f"{where}: weights do not match the architecture "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]})"
         )
+    for key, value in model.state_dict().items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise WeightsError(f"{where}: {key} has shape {tuple(state[key].shape)} in the checkpoint, "
+                               f"the model expects {tuple(value.shape)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
