@@ -23,6 +23,7 @@ class KVCache:
     head_dim: int
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
+    kernel: str | None = None  # decode attention: "sdpa", "matmul", or None = by device
     # k, v: [n_layer, n_slots, n_head, max_len, head_dim]; zero-filled so that
     # unused positions never hold NaN/inf.
     k: torch.Tensor = field(init=False, repr=False)
