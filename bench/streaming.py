@@ -62,6 +62,17 @@ def fine_agreement(engine: Engine, voice, n_sem: int) -> float:
     return float((ref[2:] == seg.fine[2:]).mean())
 
 
+def lookahead_cost(engine: Engine, voice, n_sem: int, max_lookahead: int) -> tuple[float, float]:
+    """Greedy: share of coarse codes equal between bounded and exact lookahead, and the TTFA of each."""
+    params = SamplingParams(greedy=True, max_semantic_tokens=n_sem)
+    out = []
+    for policy in (StreamPolicy(), StreamPolicy(lookahead="bounded", max_lookahead=max_lookahead)):
+        req = SpeechRequest(text=TEXT, voice=voice, sampling=params, policy=policy, return_tokens=True)
+        out.append([e for e in engine.submit(req).events(timeout=3600) if isinstance(e, StreamDone)][0])
+    exact, bounded = (d.tokens[0].coarse for d in out)
+    return float((exact == bounded).mean()), out[0].stats.ttfa_s, out[1].stats.ttfa_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="small", choices=("tiny", "small", "large"))
@@ -105,6 +116,10 @@ def main() -> None:
     agree = fine_agreement(engine, voice, min(n_sem, 120))
     print(f"sliding fine (window {a.fine_window}, right context {a.fine_right_context}) vs offline fine, "
           f"codebooks 2-7 agreement: {agree:.1%} (random weights: expect far from 100 %)")
+    for voice_name, v in (("no voice", None), (a.voice, voice)):
+        same, t_exact, t_bounded = lookahead_cost(engine, v, min(n_sem, 120), 16)
+        print(f"bounded lookahead 16 vs exact ({voice_name}): coarse codes equal {same:.1%}, "
+              f"TTFA {t_bounded:.2f} s vs {t_exact:.2f} s")
     engine.stop()
 
 
