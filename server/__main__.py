@@ -1,10 +1,19 @@
-"""`python -m server`: load and warm up the engine, then serve protocol v1 until SIGINT/SIGTERM."""
+"""`python -m server`: load and warm up the engine, then serve protocol v1 until SIGINT/SIGTERM.
+
+The first SIGTERM/SIGINT drains (no new connections or requests; requests in
+flight finish for up to --drain-timeout s; the rest are closed with 1012) and
+exits 0; a second one cuts the drain short. If the engine thread dies the
+process closes every connection with 1011 and exits 1, for a supervisor to
+restart it. API keys come from --api-key-file and the variable named by
+--api-key-env (default BARK_API_KEYS, comma-separated); they are never logged.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,10 +22,14 @@ from pathlib import Path
 from streaming.errors import ConfigError, VoiceError, WeightsError
 
 from .app import BarkServer, create_engine
+from .auth import load_keys
 from .config import LOG_LEVELS, ServerConfig
 from .protocol import Limits
 
 log = logging.getLogger("server")
+
+EXIT_ENGINE_FAILED = 1
+DEFAULT_KEY_ENV = "BARK_API_KEYS"
 
 _LIMIT_FIELDS = ("max_frame_bytes", "max_text_chars", "max_request_chars", "max_ids_in_flight")
 
@@ -49,8 +62,49 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"per connection (default {getattr(lim, name)})")
     cap.add_argument("--send-queue-frames", type=int, default=d.send_queue_frames,
                      help="frames buffered per connection before its streams pause")
+    cap.add_argument("--compression", action="store_true", help="enable permessage-deflate (default off)")
+    cap.add_argument("--max-messages-per-s", type=float, default=d.max_messages_per_s,
+                     help=f"messages per second per connection (default {d.max_messages_per_s:g})")
+    cap.add_argument("--message-burst", type=int, default=d.message_burst,
+                     help=f"messages a connection may send at once (default {d.message_burst})")
+    cap.add_argument("--rate-limit-strikes", type=int, default=d.rate_limit_strikes,
+                     help=f"rate_limited refusals in a row before closing 1008 (default {d.rate_limit_strikes})")
+    cap.add_argument("--max-buffer-s", type=float, default=d.max_buffer_s,
+                     help=f"unacknowledged audio per connection before its streams pause (default {d.max_buffer_s:g})")
+    _timeouts(p.add_argument_group("timeouts (seconds)"), d)
+    acc = p.add_argument_group("access")
+    acc.add_argument("--api-key-file", type=Path, default=None, help="file of API keys, one per line")
+    acc.add_argument("--api-key-env", default=DEFAULT_KEY_ENV,
+                     help=f"environment variable holding comma-separated API keys (default {DEFAULT_KEY_ENV})")
+    acc.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                     help="an Origin allowed to connect (repeat; default: any)")
+    acc.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
     p.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
     return p
+
+
+def _timeouts(group: argparse._ArgumentGroup, d: ServerConfig) -> None:
+    def off_or_seconds(text: str) -> float | None:
+        return None if text in ("0", "off", "none") else float(text)
+    group.add_argument("--idle-timeout", type=off_or_seconds, default=d.idle_timeout,
+                       help=f"close connections idle this long; 0 = never (default {d.idle_timeout:g})")
+    group.add_argument("--slow-consumer-timeout", type=float, default=d.slow_consumer_timeout,
+                       help=f"close readers silent this long while owed audio (default {d.slow_consumer_timeout:g})")
+    group.add_argument("--ping-interval", type=off_or_seconds, default=d.ping_interval,
+                       help=f"keepalive ping period; 0 = off (default {d.ping_interval:g})")
+    group.add_argument("--ping-timeout", type=float, default=d.ping_timeout,
+                       help=f"unanswered keepalive ping before a peer counts as gone (default {d.ping_timeout:g})")
+    group.add_argument("--open-timeout", type=float, default=d.open_timeout,
+                       help=f"opening handshake (default {d.open_timeout:g})")
+    group.add_argument("--close-timeout", type=float, default=d.close_timeout,
+                       help=f"closing handshake (default {d.close_timeout:g})")
+    group.add_argument("--drain-timeout", type=float, default=d.drain_timeout,
+                       help=f"on SIGTERM/SIGINT, time requests in flight get to finish (default {d.drain_timeout:g})")
+
+
+def _env(name: str | None) -> str | None:
+    """The value of environment variable `name`, None when unset or empty."""
+    return (os.environ.get(name) or None) if name else None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -64,12 +118,19 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         codec=args.codec, tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
         offline=args.offline, max_streams=args.max_streams, max_queue=args.max_queue,
         max_connections=args.max_connections, limits=limits, send_queue_frames=args.send_queue_frames,
+        compression=args.compression, max_messages_per_s=args.max_messages_per_s,
+        message_burst=args.message_burst, rate_limit_strikes=args.rate_limit_strikes,
+        max_buffer_s=args.max_buffer_s, slow_consumer_timeout=args.slow_consumer_timeout,
+        idle_timeout=args.idle_timeout, ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+        open_timeout=args.open_timeout, close_timeout=args.close_timeout, drain_timeout=args.drain_timeout,
+        api_keys=load_keys(args.api_key_file, _env(args.api_key_env)),
+        allowed_origins=tuple(args.allowed_origin), public_metrics=args.public_metrics,
         log_level=args.log_level,
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Load, warm up, listen; return after SIGINT/SIGTERM once everything is closed."""
+async def serve(config: ServerConfig) -> int:
+    """Load, warm up, listen; after SIGINT/SIGTERM drain and return 0; if the engine dies return 1."""
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     engine = await asyncio.to_thread(create_engine, config)
@@ -77,9 +138,9 @@ async def serve(config: ServerConfig) -> None:
     log.info("loaded model %s in %.1f s", engine.model_name, loaded - started)
     warmup_s = await loop.run_in_executor(None, engine.start)
     log.info("engine warmed up in %.1f s", warmup_s)
-    stop = asyncio.Event()
+    signals = asyncio.Queue[int]()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     try:
         server = BarkServer(engine, config)
         try:
@@ -87,21 +148,44 @@ async def serve(config: ServerConfig) -> None:
         except OSError as exc:
             raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
         try:
-            await stop.wait()
-            log.info("stopping")
+            return await _until_stopped(server, signals, config.drain_timeout)
         finally:
             await server.close()
     finally:
         await asyncio.to_thread(engine.stop)
 
 
-def _run(coro_fn, config: ServerConfig) -> None:  # type: ignore[no-untyped-def]
+async def _until_stopped(server: BarkServer, signals: asyncio.Queue[int], drain_timeout: float) -> int:
+    """Wait for a signal (drain, exit 0; a second signal cuts the drain short) or engine death (exit 1)."""
+    got_signal = asyncio.ensure_future(signals.get())
+    failed = asyncio.ensure_future(server.engine_failed.wait())
+    await asyncio.wait((got_signal, failed), return_when=asyncio.FIRST_COMPLETED)
+    if not got_signal.done():
+        got_signal.cancel()
+        log.critical("engine failed: exiting with status %d", EXIT_ENGINE_FAILED)
+        return EXIT_ENGINE_FAILED
+    failed.cancel()
+    log.info("%s: draining for up to %.1f s", signal.Signals(got_signal.result()).name, drain_timeout)
+    drain = asyncio.ensure_future(server.drain(drain_timeout))
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait((drain, second), return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        log.warning("second signal: stopping without waiting for the drain")
+        drain.cancel()
+    second.cancel()
+    await asyncio.gather(drain, second, return_exceptions=True)
+    if server.engine_failed.is_set():
+        return EXIT_ENGINE_FAILED
+    log.info("stopped")
+    return 0
+
+
+def _run(coro_fn, config: ServerConfig) -> int:  # type: ignore[no-untyped-def]
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro_fn(config))
-    else:
-        uvloop.run(coro_fn(config))
+        return asyncio.run(coro_fn(config))
+    return uvloop.run(coro_fn(config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,13 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
-        _run(serve, config)
+        return _run(serve, config)
     except (ConfigError, WeightsError, VoiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ class ServerConfig:
             raise ConfigError(f"host: expected a host name or address, got {self.host!r}")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port: expected an integer in 0..65535, got {self.port!r}")
-        for name in ("max_streams", "max_queue", "max_connections", "send_queue_frames", "oversize_factor",
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError(f"max_queue: expected an integer >= 0, got {self.max_queue!r}")
+        for name in ("max_streams", "max_connections", "send_queue_frames", "oversize_factor",
                      "message_burst", "rate_limit_strikes"):
             _positive(name, getattr(self, name))
         for name in ("max_messages_per_s", "max_buffer_s", "slow_consumer_timeout", "probe_interval",

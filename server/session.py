@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 _REQUEST_MESSAGES = ("text", "flush", "end", "cancel")  # types that act on a request in flight
 SAMPLE_RATE = 24_000
-_VERDICT_CLOSE = {"slow_consumer": 1008, "idle": 1008, "gone": 1011}
+_VERDICT_CLOSE = {"slow_consumer": 1008, "idle": 1008}
 _VERDICT_CODE = {"slow_consumer": "slow_consumer", "idle": "idle_timeout"}
 
 
@@ -141,13 +141,14 @@ class Session:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         code = _VERDICT_CODE.get(verdict.kind)
-        reason = code or verdict.message
+        if code is None:  # the peer answers nothing: no handshake to wait for
+            self._ws.transport.abort()
+            return
         try:
-            if code is not None:
-                self._ctx.metrics.errors[code] += 1
-                frame = encode_server_message(ProtocolError(code, verdict.message).to_message())
-                await asyncio.wait_for(self._ws.send(frame), cfg.close_timeout)
-            await asyncio.wait_for(self._ws.close(_VERDICT_CLOSE[verdict.kind], reason), cfg.close_timeout)
+            self._ctx.metrics.errors[code] += 1
+            frame = encode_server_message(ProtocolError(code, verdict.message).to_message())
+            await asyncio.wait_for(self._ws.send(frame), cfg.close_timeout)
+            await asyncio.wait_for(self._ws.close(_VERDICT_CLOSE[verdict.kind], code), cfg.close_timeout)
         except (ConnectionClosed, TimeoutError):
             pass
         if self._ws.close_code is None:  # the peer never completed the closing handshake
@@ -207,7 +208,9 @@ class Session:
                         self._closing = True
                         await self._out.put(_Close(exc.close_code or 1008, exc.code))
                     if exc.fatal:
-                        return
+                        break
+            async for _ in self._ws:  # after a fatal error: discard, so that the peer's close frame is read
+                pass
         except ConnectionClosed as exc:
             log.info("conn %s: connection lost (%s)", self.conn_id, exc)
 

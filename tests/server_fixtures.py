@@ -240,7 +240,12 @@ class RawClient:
 
     @classmethod
     async def connect(cls, url: str) -> RawClient:
-        client = cls(await connect(url, max_size=None, compression=None))
+        return await cls.connect_with(url)
+
+    @classmethod
+    async def connect_with(cls, url: str, **kw: Any) -> RawClient:
+        """Connect with extra `websockets.connect` options (headers, origin, max_queue...)."""
+        client = cls(await connect(url, max_size=None, compression=None, **kw))
         client.ready = decode_server_message(await client.ws.recv())
         assert client.ready["type"] == "ready", client.ready
         return client
