@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gpt import MLP, GPTConfig, merge_heads, split_heads
+from .gpt import MLP, CausalSelfAttention, GPTConfig, merge_heads
 
 
 @dataclass(frozen=True)
@@ -26,20 +26,12 @@ class FineGPTConfig(GPTConfig):
     n_codes_given: int = 1  # codebooks never predicted (the first head predicts codebook 1)
 
 
-class NonCausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.n_head = cfg.n_head
-        self.n_embd = cfg.n_embd
+class NonCausalSelfAttention(CausalSelfAttention):
+    """Same projections as the causal attention; every position attends to every other."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # [B, T, C] each
-        y = F.scaled_dot_product_attention(
-            split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
-        )  # [B, nh, T, hs]
-        return self.c_proj(merge_heads(y))
+        q, k, v = self._qkv(x)  # [B, nh, T, hs] each
+        return self.c_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
 class FineBlock(nn.Module):
