@@ -43,7 +43,7 @@ def run_suno(ckpt: Path, codec, voice: str, seconds: float) -> tuple[dict, int]:
     torch.manual_seed(0)
     with Timer() as tm:
         sem = suno.generate_text_semantic(TEXT, history_prompt=voice, temp=0.7, min_eos_p=0.2,
-                                          max_gen_duration_s=seconds, silent=True)
+                                          max_gen_duration_s=seconds, silent=True, use_kv_caching=True)
     t["semantic"] = tm.s
     with Timer() as tm:
         coarse = suno.generate_coarse(sem, history_prompt=voice, temp=0.7, silent=True, use_kv_caching=True)
