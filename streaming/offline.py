@@ -32,6 +32,7 @@ from .models.bundle import BarkModels
 from .models.fine_gpt import FineGPT
 from .params import SamplingParams
 from .prompts import (
+    COARSE_HEAD_ROWS,
     coarse_history,
     coarse_logit_range,
     coarse_n_steps,
@@ -98,17 +99,18 @@ def generate_coarse(
     for _ in range(math.ceil(n_steps / COARSE_WINDOW_LEN)):
         start, end = coarse_window_semantic_span(len(sem_hist), n_step)
         prompt = coarse_window_prompt(x_semantic[start:end], np.asarray(x_coarse, dtype=np.int64))
-        logits = models.coarse.prefill(_tensor(prompt, models)[None], cache, [0])
+        logits = models.coarse.prefill(_tensor(prompt, models)[None], cache, [0], rows=COARSE_HEAD_ROWS)
         for i in range(COARSE_WINDOW_LEN):
             if n_step >= n_steps:
                 break
             lo, hi = coarse_logit_range(n_step)
-            code, _ = sample(_row(logits[0], lo, hi), temp=params.coarse_temp, top_k=params.semantic_top_k,
+            first = COARSE_HEAD_ROWS[0]  # logits hold vocabulary rows [10000, 12048)
+            code, _ = sample(_row(logits[0], lo - first, hi - first), temp=params.coarse_temp, top_k=params.semantic_top_k,
                              top_p=params.top_p, generator=generator)
             x_coarse.append(code + lo)
             n_step += 1
             if i < COARSE_WINDOW_LEN - 1 and n_step < n_steps:
-                logits = models.coarse.decode(_tensor([code + lo], models), cache, [0])
+                logits = models.coarse.decode(_tensor([code + lo], models), cache, [0], rows=COARSE_HEAD_ROWS)
     generated = np.asarray(x_coarse[len(coarse_hist):], dtype=np.int64)
     assert len(generated) == n_steps
     return unflatten_coarse(generated)

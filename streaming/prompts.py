@@ -95,6 +95,9 @@ def coarse_window_prompt(semantic_window: np.ndarray, coarse_tokens: np.ndarray)
     return np.concatenate([sem, [COARSE_INFER_TOKEN], hist])
 
 
+COARSE_HEAD_ROWS = (SEMANTIC_VOCAB_SIZE, SEMANTIC_VOCAB_SIZE + N_COARSE_CODEBOOKS * CODEBOOK_SIZE)  # logits coarse uses
+
+
 def coarse_logit_range(n_step: int) -> tuple[int, int]:
     """[lo, hi) of the logits for coarse step n_step (even: codebook 0, odd: codebook 1)."""
     lo = SEMANTIC_VOCAB_SIZE + (n_step % N_COARSE_CODEBOOKS) * CODEBOOK_SIZE

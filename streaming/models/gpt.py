@@ -188,14 +188,22 @@ class GPT(nn.Module):
         merged = wte(idx[:, :256]) + wte(idx[:, 256:512])  # [B, 256, C]
         return torch.cat([merged, wte(idx[:, 512:])], dim=1)
 
+    def head(self, x: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
+        """Logits [B, V] (or only vocabulary rows [lo, hi): the coarse stage needs 2 of 12 blocks)."""
+        x = self.transformer.ln_f(x[:, -1])  # [B, C]
+        if rows is None:
+            return self.lm_head(x)
+        return F.linear(x, self.lm_head.weight[rows[0]:rows[1]])  # [B, hi - lo]
+
     @torch.inference_mode()
     def prefill(
-        self, idx: torch.Tensor, cache: KVCache, slots: list[int], merge_context: bool = False
+        self, idx: torch.Tensor, cache: KVCache, slots: list[int], merge_context: bool = False,
+        rows: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Run prompts idx [B, T] (equal lengths) from position 0 in `slots`.
 
-        Returns the logits of the last position, [B, output_vocab]; sets each
-        slot's length to the prompt length.
+        Returns the logits of the last position, [B, output_vocab] (or the
+        vocabulary `rows` only); sets each slot's length to the prompt length.
         """
         tok = self.embed_prompt(idx, merge_context)  # [B, T', C]
         T = tok.shape[1]
@@ -208,12 +216,13 @@ class GPT(nn.Module):
             x = x + block.mlp(block.ln_2(x))
         for s in slots:
             cache.lengths[s] = T
-        x = self.transformer.ln_f(x[:, -1:])  # [B, 1, C]
-        return self.lm_head(x)[:, 0]  # [B, V]
+        return self.head(x, rows)
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, cache: KVCache, slots: list[int]) -> torch.Tensor:
-        """Append one token per stream: tokens [B] for `slots` ([B]). Returns logits [B, V]."""
+    def decode(
+        self, tokens: torch.Tensor, cache: KVCache, slots: list[int], rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Append one token per stream: tokens [B] for `slots` ([B]). Returns logits [B, V] (or `rows`)."""
         positions = [cache.lengths[s] for s in slots]
         assert max(positions) < cache.max_len, "a stream ran past the end of its KV cache slot"
         pos_t = torch.tensor(positions, device=tokens.device)
@@ -224,4 +233,4 @@ class GPT(nn.Module):
             x = x + block.mlp(block.ln_2(x))
         for s in slots:
             cache.lengths[s] += 1
-        return self.lm_head(self.transformer.ln_f(x))[:, 0]  # [B, V]
+        return self.head(x, rows)

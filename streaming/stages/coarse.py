@@ -25,6 +25,7 @@ from ..constants import COARSE_WINDOW_LEN, SEMANTIC_TO_COARSE_RATIO
 from ..models.gpt import GPT
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import (
+    COARSE_HEAD_ROWS,
     coarse_history,
     coarse_logit_range,
     coarse_n_steps,
@@ -97,14 +98,15 @@ class CoarseStage:
         tokens = np.concatenate([st.coarse_hist, np.asarray(seg.coarse, dtype=np.int64)])
         prompt = coarse_window_prompt(x_semantic[start:end], tokens)
         device = self.model.lm_head.weight.device
-        logits = self.model.prefill(torch.as_tensor(prompt, device=device)[None], self.cache, [st.slot])
+        logits = self.model.prefill(torch.as_tensor(prompt, device=device)[None], self.cache, [st.slot],
+                                    rows=COARSE_HEAD_ROWS)  # [1, 2048]
         self._accept([seg], [params], logits)
 
     def decode(self, segs: list[Segment], params: list[SamplingParams]) -> None:
         """Feed each segment's pending token and sample the next."""
         device = self.model.lm_head.weight.device
         tokens = torch.tensor([s.co.pending for s in segs], device=device)
-        logits = self.model.decode(tokens, self.cache, [s.co.slot for s in segs])  # [B, V]
+        logits = self.model.decode(tokens, self.cache, [s.co.slot for s in segs], rows=COARSE_HEAD_ROWS)
         self._accept(segs, params, logits)
 
     def _accept(self, segs: list[Segment], params: list[SamplingParams], logits: torch.Tensor) -> None:
@@ -113,7 +115,8 @@ class CoarseStage:
     def _accept_row(self, seg: Segment, p: SamplingParams, row: torch.Tensor) -> None:
         st = seg.co
         lo, hi = coarse_logit_range(st.n_step)
-        code, _ = sample(row[lo:hi].float().cpu(), temp=p.coarse_temp, top_k=p.semantic_top_k,
+        first = COARSE_HEAD_ROWS[0]  # row holds logits of vocabulary [10000, 12048)
+        code, _ = sample(row[lo - first:hi - first].float().cpu(), temp=p.coarse_temp, top_k=p.semantic_top_k,
                          top_p=p.top_p, generator=seg.generator)
         seg.coarse.append(code + lo)
         st.pending = code + lo
