@@ -21,12 +21,14 @@ import time
 from dataclasses import dataclass, field
 
 from .codec import DEFAULT_DECODER, ChunkSchedule
+from .constants import COARSE_WINDOW_LEN
 from .errors import BarkStreamError, ConfigError, TextError
 import numpy as np
 
 from .events import SegmentTokens, StreamDone
 from .models.bundle import BarkModels
 from .params import SamplingParams
+from .prompts import coarse_window_semantic_span
 from .sampling import make_generator
 from .scheduler import Plan, Scheduler, SchedulerConfig, Work
 from .segment import RowFailures, Segment
@@ -38,6 +40,23 @@ from .stream import SegmentVoice, SpeechRequest, Stream, StreamHandle
 from .text import normalize_whitespace, segment_text, split_sentences
 
 logger = logging.getLogger(__name__)
+
+
+SEMANTIC_LEAD = 24  # semantic tokens (~0.5 s of speech) kept ready beyond the next coarse window's needs
+
+
+def semantic_ahead(seg: Segment) -> bool:
+    """True when the segment's semantic tokens already cover the next coarse window plus SEMANTIC_LEAD.
+
+    The semantic stage then skips its step: the tick's time goes to the coarse
+    stage, which is what the first audio waits for. Tokens are unaffected.
+    """
+    co = seg.co
+    if co is None or co.done:
+        return False
+    next_window = -(-co.n_step // COARSE_WINDOW_LEN) * COARSE_WINDOW_LEN  # next multiple of 60
+    _, end = coarse_window_semantic_span(len(co.sem_hist), next_window)
+    return len(co.sem_hist) + len(seg.semantic) >= end + SEMANTIC_LEAD
 
 
 class EngineOverloaded(BarkStreamError):
@@ -251,7 +270,7 @@ class Engine:
         prio = stream.produced / 24_000 - (time.perf_counter() - stream.submitted)  # audio ahead of wall clock
         work = []
         seg = stream.current("semantic")
-        if seg is not None:
+        if seg is not None and not (seg.sem.slot is not None and semantic_ahead(seg)):
             action = self.semantic.wants(seg)
             work.append(Work(sid, "semantic", action, priority=prio, needs_slot=action == "prefill"))
         seg = stream.current("coarse")
