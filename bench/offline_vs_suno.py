@@ -30,7 +30,7 @@ from streaming.voices import bundled_voices_dir, load_voice
 from streaming.weights import load_models
 
 VOCAB = ROOT / "tests" / "data" / "tokenizer" / "vocab.txt"
-TEXT = "Hello there, this is a benchmark of offline generation with random weights."
+TEXT = "Hello there, this is a benchmark."
 
 
 def run_suno(ckpt: Path, codec, voice: str, seconds: float) -> tuple[dict, int]:

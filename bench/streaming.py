@@ -33,7 +33,7 @@ from streaming.tokenizer import BarkTokenizer
 from streaming.voices import bundled_voices_dir, load_voice
 from streaming.weights import load_models
 
-TEXT = "Hello there, this is a benchmark of streaming generation with random weights."
+TEXT = "Hello there, this is a benchmark."  # one segment (<= 24 tokens): the length is fixed by tokens
 
 
 def run_streams(engine: Engine, n: int, request: SpeechRequest) -> tuple[list[float], float, float]:
