@@ -308,7 +308,8 @@ class Engine:
             logger.warning("batch of %d %s/%s failed (%s); retrying one by one",
                            len(batch), batch[0].stage, batch[0].action, exc)
             for w, s in zip(batch, streams):
-                self._execute([w]) if not s.done else None
+                if not s.done:
+                    self._execute([w])
             return
         share = (time.perf_counter() - t0) / len(batch)
         for w, s in zip(batch, streams):
