@@ -202,10 +202,9 @@ def test_api_keys_401_and_never_logged(servers: list[ServerThread], engine: Engi
     url = srv.url
 
     async def go() -> list[int]:
-        statuses = [(await refused(url)).response.status_code]
-        statuses.append((await refused(url, additional_headers={"Authorization": "Bearer k-wrong"})).response.status_code)
-        statuses.append((await refused(url, additional_headers={"X-API-Key": KEYS[0] + "x"})).response.status_code)
-        statuses.append((await refused(url + "?token=" + KEYS[1][:-1])).response.status_code)
+        bad = [(url, {}), (url, {"Authorization": "Bearer k-wrong"}), (url, {"X-API-Key": KEYS[0] + "x"}),
+               (url + "?token=" + KEYS[1][:-1], {})]
+        statuses = [(await refused(u, additional_headers=h)).response.status_code for u, h in bad]
         for kw in ({"additional_headers": {"Authorization": f"Bearer {KEYS[0]}"}},
                    {"additional_headers": {"X-API-Key": KEYS[1]}}, {}):
             target = url if kw else f"{url}?token={KEYS[0]}"
