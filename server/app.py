@@ -26,6 +26,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from streaming.bundle import load_engine
+from streaming.threads import serial_main_thread
 from streaming.engine import Engine, EngineConfig
 from streaming.voices import list_presets
 
@@ -45,6 +46,7 @@ RETRY_AFTER_S = 5  # Retry-After (seconds) on 503 answers
 
 def create_engine(config: ServerConfig) -> Engine:
     """Load the models, codec, tokenizer and voices the config names (blocking; not started)."""
+    serial_main_thread()  # this loading thread must not keep an OpenMP pool that competes with the engine's
     return load_engine(
         model=config.model,
         device=config.device,

@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         from .wavio import write_result_npz, write_wav
 
         sampling, policy = _params(a)
+        if a.mode == "stream":
+            from .threads import serial_main_thread
+
+            serial_main_thread()  # compute belongs to the engine thread
         engine = load_engine(a.model, device=a.device, dtype=a.dtype, codec=a.codec, tokenizer=a.tokenizer,
                              voices_dir=a.voices, local_files_only=a.local_files_only, threads=a.threads)
         voice = load_voice(a.voice, voices_dir=a.voices, local_files_only=a.local_files_only)

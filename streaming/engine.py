@@ -24,6 +24,7 @@ from .codec import DEFAULT_DECODER, ChunkSchedule
 from .constants import COARSE_WINDOW_LEN
 from .errors import BarkStreamError, ConfigError, TextError
 import numpy as np
+import torch
 
 from .events import SegmentTokens, StreamDone
 from .models.bundle import BarkModels
@@ -38,6 +39,7 @@ from .stages.fine import FineStage, FineWindow
 from .stages.semantic import SemanticStage
 from .stream import SegmentVoice, SpeechRequest, Stream, StreamHandle
 from .text import normalize_whitespace, segment_text, split_sentences
+from .threads import compute_threads
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class EngineConfig:
     segment_overlap: int = 240  # samples crossfaded where two text segments join (10 ms)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     idle_wait_s: float = 0.05  # how long an idle engine sleeps between checks
+    threads: int | None = None  # torch intra-op threads of the engine thread; None = compute_threads()
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -176,6 +179,7 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
     def _run(self) -> None:
+        torch.set_num_threads(self.config.threads or compute_threads())  # this thread's own pool
         try:
             while True:
                 with self._wake:
