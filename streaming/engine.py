@@ -44,7 +44,7 @@ from .threads import compute_threads
 logger = logging.getLogger(__name__)
 
 
-SEMANTIC_LEAD = 24  # semantic tokens (~0.5 s of speech) kept ready beyond the next coarse window's needs
+SEMANTIC_LEAD = 8  # semantic tokens (~0.16 s of speech) kept ready beyond the next coarse window's needs
 
 
 def semantic_ahead(seg: Segment) -> bool:
