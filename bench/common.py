@@ -29,8 +29,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    from streaming.threads import compute_threads
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({compute_threads()} compute threads), "
             f"{gpu}, python {platform.python_version()}")
 
 
