@@ -76,11 +76,16 @@ def server_process() -> Iterator[ServerProcess]:
 
 
 async def _refused(url: str, timeout: float) -> None:
-    """Poll until new connections are refused (the listener closed)."""
+    """Poll until new connections are refused: HTTP 503 while draining, or the listener closed."""
+    from websockets.exceptions import InvalidStatus
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             client = await RawClient.connect(url)
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 503, exc
+            return
         except OSError:
             return
         await client.close()
