@@ -7,6 +7,12 @@ The floor is those reads and nothing else: the step's Linear layers (c_attn,
 c_proj, c_fc, c_proj per layer, and lm_head) applied to a [B, C] input. The
 ratio step / floor says how much time goes to everything else (attention over
 the cache, layer norms, embedding, Python).
+
+Attention must also read every stream's keys and values up to its cache length
+(600 positions here): at B=8 that is more bytes than the weights. The second
+floor, "floor+kv", adds those bytes at the bandwidth the weights floor reached:
+floor × (weight bytes + K/V bytes) / weight bytes. Its ratio says how close the
+whole step is to the bytes it cannot avoid reading.
 """
 
 from __future__ import annotations
@@ -32,12 +38,28 @@ def floor_fn(model, x):
     return run
 
 
+CACHE_LEN = 600  # a typical mid-utterance cache length
+
+
 def step_fn(model, cache, slots, tokens):
     def run():
         for s in slots:
-            cache.lengths[s] = 600  # a typical mid-utterance cache length
+            cache.lengths[s] = CACHE_LEN
         model.decode(tokens, cache, slots)
     return run
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the parameters floor_fn reads (Linear weights and biases, lm_head)."""
+    mods = [m for block in model.transformer.h for m in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc,
+                                                          block.mlp.c_proj)] + [model.lm_head]
+    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+
+
+def kv_bytes(cache, batch: int) -> int:
+    """Bytes of keys and values `batch` streams read at CACHE_LEN positions."""
+    per_pos = 2 * cache.n_layer * cache.n_head * cache.head_dim * cache.k.element_size()
+    return batch * CACHE_LEN * per_pos
 
 
 def main() -> None:
@@ -59,8 +81,11 @@ def main() -> None:
                 x = torch.randn(B, model.config.n_embd, dtype=dtype)
                 floor = median_time(floor_fn(model, x))
                 step = median_time(step_fn(model, cache, slots, tokens))
+                w, kv = weight_bytes(model), kv_bytes(cache, B)
+                floor_kv = floor * (w + kv) / w
                 print(f"{name:6s} {dtype_name} B={B}: step {step * 1e3:6.2f} ms, floor {floor * 1e3:6.2f} ms, "
-                      f"ratio {step / floor:4.2f}")
+                      f"ratio {step / floor:4.2f}; K/V {str(cache.dtype)[6:]} {kv / 2**20:.0f} MiB vs weights "
+                      f"{w / 2**20:.0f} MiB, floor+kv {floor_kv * 1e3:6.2f} ms, ratio {step / floor_kv:4.2f}")
             model.to(torch.float32)
 
 

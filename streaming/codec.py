@@ -112,12 +112,14 @@ def load_codec(source: str = "pretrained", *, device: str | torch.device = "cpu"
     """The 24 kHz EnCodec at 6 kbps in eval mode.
 
     source: "pretrained" (download into the torch hub cache), "random" (seeded random
-    weights, codebooks included) or the path of a local state-dict file (.th / .pt).
+    weights, codebooks included), "random-tiny" (the same architecture with few
+    channels: benchmarks of the engine's own cost) or the path of a local state-dict
+    file (.th / .pt).
     """
     if source == "pretrained":
         model = _load_pretrained()
-    elif source == "random":
-        model = _random_model(seed)
+    elif source in ("random", "random-tiny"):
+        model = _random_model(seed, tiny=source == "random-tiny")
     else:
         model = _load_local(Path(os.fspath(source)))
     model.set_target_bandwidth(BANDWIDTH_KBPS)
@@ -138,11 +140,26 @@ def _build(pretrained: bool) -> EncodecModel:
         return import_encodec().EncodecModel.encodec_model_24khz(pretrained=pretrained)
 
 
-def _random_model(seed: int) -> EncodecModel:
+def _tiny_model() -> EncodecModel:
+    """The 24 kHz architecture (causal SEANet, same strides, 2-layer LSTM, 8 codebooks) with
+    2 base filters and 16-dim codes instead of 32 and 128."""
+    e = import_encodec()
+    kw = dict(channels=1, dimension=16, n_filters=2, norm="weight_norm", causal=True)
+    encoder, decoder = e.modules.SEANetEncoder(**kw), e.modules.SEANetDecoder(**kw)
+    quantizer = e.quantization.ResidualVectorQuantizer(dimension=16, n_q=8, bins=1024)
+    return e.EncodecModel(encoder, decoder, quantizer, [BANDWIDTH_KBPS], 24_000, 1, name="random-tiny")
+
+
+def _random_model(seed: int, tiny: bool = False) -> EncodecModel:
     """Same architecture, seeded weights; codebooks get N(0, 1) entries (they start at zero)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _build(pretrained=False)
+        if tiny:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+                model = _tiny_model()
+        else:
+            model = _build(pretrained=False)
         for layer in model.quantizer.vq.layers:
             layer._codebook.embed.normal_()  # [1024, 128]
             layer._codebook.inited.fill_(1.0)

@@ -310,9 +310,9 @@ class StatefulDecoder:
     read once here: create decoders after loading the model and moving it to its device.
     """
 
-    def __init__(self, model: EncodecModel) -> None:
+    def __init__(self, model: EncodecModel, steps: list[Step] | None = None) -> None:
         self.model = model
-        self._steps = build_steps(model.decoder)
+        self._steps = steps if steps is not None else build_steps(model.decoder)  # shareable: weights only
         self.min_first_chunk = _min_first_len(self._steps)
         assert _upsample(self._steps) == SAMPLES_PER_FRAME, _upsample(self._steps)
         self.reset()
@@ -356,3 +356,71 @@ class StatefulDecoder:
                 f"Buffer {self.min_first_chunk} frames before the first decode, or decode streams "
                 "shorter than that with decode_codes()."
             )
+
+
+# ---------------------------------------------------------------- batching across streams
+def _stack(states: list[LayerState]) -> LayerState:
+    """One layer's states of B streams -> one state whose tensors hold all B rows."""
+    first = states[0]
+    if isinstance(first, ConvState):
+        return ConvState(None if first.history is None else torch.cat([s.history for s in states]))
+    if isinstance(first, ConvTrState):
+        return ConvTrState(None if first.tail is None else torch.cat([s.tail for s in states]))
+    if isinstance(first, LstmState):
+        if first.hc is None:
+            return LstmState()
+        return LstmState((torch.cat([s.hc[0] for s in states], 1), torch.cat([s.hc[1] for s in states], 1)))
+    if isinstance(first, ResidualState):
+        return ResidualState([_stack(list(col)) for col in zip(*(s.block for s in states))],
+                             [_stack(list(col)) for col in zip(*(s.shortcut for s in states))])
+    return first
+
+
+def _unstack(state: LayerState, n: int) -> list[LayerState]:
+    """The inverse of _stack: B per-stream states (views into the batched tensors)."""
+    if isinstance(state, ConvState):
+        if state.history is None:  # a kernel-1 convolution keeps no history
+            return [ConvState() for _ in range(n)]
+        return [ConvState(h) for h in state.history.split(1)]
+    if isinstance(state, ConvTrState):
+        return [ConvTrState(t) for t in state.tail.split(1)]
+    if isinstance(state, LstmState):
+        return [LstmState(hc) for hc in zip(state.hc[0].split(1, 1), state.hc[1].split(1, 1))]
+    if isinstance(state, ResidualState):
+        blocks = [_unstack(s, n) for s in state.block]
+        shortcuts = [_unstack(s, n) for s in state.shortcut]
+        return [ResidualState([b[i] for b in blocks], [c[i] for c in shortcuts]) for i in range(n)]
+    return [state] * n
+
+
+@torch.inference_mode()
+def decode_together(decoders: list[StatefulDecoder], codes: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Decode the next chunk of B single-stream decoders in one pass: codes [B, 8, t] -> PCM [B, t*320].
+
+    Each decoder's carried state (convolution histories, transposed-convolution tails,
+    LSTM state) is stacked over the batch, the chunk runs once, and the new states
+    are split back, so every decoder ends exactly where decoding its chunk alone would
+    leave it (samples equal up to float rounding of the batched kernels). All
+    decoders must share one model and be at the same phase (all at their first chunk,
+    or none).
+    """
+    if len(decoders) == 1:
+        return decoders[0].decode(codes[0])[None]
+    lead = decoders[0]
+    c = as_codes(codes, device=model_device(lead.model), name="codes")  # [B, 8, t]
+    first = [d.state.frames == 0 for d in decoders]
+    if any(first) != all(first) or c.shape[0] != len(decoders) or any(d.state.batch not in (None, 1) for d in decoders):
+        raise ConfigError("decode_together needs one [8, t] chunk per single-stream decoder, all at the same phase")
+    if first[0] and 0 < c.shape[-1] < lead.min_first_chunk:
+        raise ConfigError(f"first codes_chunk has {c.shape[-1]} frames but the stateful decoder needs at least "
+                          f"{lead.min_first_chunk}; decode shorter streams with decode_codes_batch().")
+    if c.shape[-1] == 0:
+        return np.zeros((len(decoders), 0), dtype=np.float32)
+    layers = [_stack([d.state.layers[i] for d in decoders]) for i in range(len(lead._steps))]
+    x = _run(lead._steps, layers, embed_codes(lead.model, c))  # [B, 1, t*320]
+    per_stream = [_unstack(layer, len(decoders)) for layer in layers]
+    for b, d in enumerate(decoders):
+        d.state.layers = [states[b] for states in per_stream]
+        d.state.frames += c.shape[-1]
+        d.state.batch = 1
+    return x[:, 0].float().cpu().numpy()

@@ -15,27 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
-from .codec import DEFAULT_DECODER, ChunkSchedule
-from .constants import COARSE_WINDOW_LEN
-from .errors import BarkStreamError, ConfigError, TextError
 import numpy as np
 import torch
 
+from .bark import segment_history, segment_seed
+from .codec import DEFAULT_DECODER, ChunkSchedule
+from .constants import SAMPLE_RATE
+from .errors import BarkStreamError, ConfigError, TextError
 from .events import SegmentTokens, StreamDone
 from .models.bundle import BarkModels
 from .params import SamplingParams
-from .prompts import coarse_window_semantic_span
 from .sampling import make_generator
-from .scheduler import Plan, Scheduler, SchedulerConfig, Work
+from .scheduler import Scheduler, SchedulerConfig, Work
 from .segment import RowFailures, Segment
+from .stages.base import Stage
 from .stages.coarse import CoarseStage
 from .stages.decode import DecodeStage
-from .stages.fine import FineStage, FineWindow
+from .stages.fine import FineStage
 from .stages.semantic import SemanticStage
 from .stream import SegmentVoice, SpeechRequest, Stream, StreamHandle
 from .text import normalize_whitespace, segment_text, split_sentences
@@ -44,21 +47,13 @@ from .threads import compute_threads
 logger = logging.getLogger(__name__)
 
 
-SEMANTIC_LEAD = 8  # semantic tokens (~0.16 s of speech) kept ready beyond the next coarse window's needs
+@dataclass
+class EngineCounters:
+    """What the engine thread did (read by benchmarks and tests)."""
 
-
-def semantic_ahead(seg: Segment) -> bool:
-    """True when the segment's semantic tokens already cover the next coarse window plus SEMANTIC_LEAD.
-
-    The semantic stage then skips its step: the tick's time goes to the coarse
-    stage, which is what the first audio waits for. Tokens are unaffected.
-    """
-    co = seg.co
-    if co is None or co.done:
-        return False
-    next_window = -(-co.n_step // COARSE_WINDOW_LEN) * COARSE_WINDOW_LEN  # next multiple of 60
-    _, end = coarse_window_semantic_span(len(co.sem_hist), next_window)
-    return len(co.sem_hist) + len(seg.semantic) >= end + SEMANTIC_LEAD
+    ticks: int = 0  # ticks that ran at least one batch
+    batches: int = 0  # batched stage actions (model calls and bookkeeping passes)
+    model_calls: int = 0  # batched stage actions that called a model
 
 
 class EngineOverloaded(BarkStreamError):
@@ -100,7 +95,7 @@ class Engine:
     """Owns the models and the engine thread; `submit()` is safe from any thread."""
 
     def __init__(self, models: BarkModels, codec, tokenizer, config: EngineConfig | None = None,
-                 *, voices_dir=None) -> None:
+                 *, voices_dir=None, thread_context: Callable[[], ContextManager] | None = None) -> None:
         self.models, self.codec, self.tokenizer = models, codec, tokenizer
         self.config = config or EngineConfig()
         self.voices_dir = voices_dir
@@ -110,7 +105,11 @@ class Engine:
         self.coarse = CoarseStage(models.coarse, n)
         self.fine = FineStage(models)
         self.decode = DecodeStage(codec, self.config.decoder, self.config.chunks)
+        self.stages: list[Stage] = [self.semantic, self.coarse, self.fine, self.decode]  # pipeline order
+        self._stage = {stage.name: stage for stage in self.stages}
         self.scheduler = Scheduler(self.config.scheduler)
+        self.counters = EngineCounters()
+        self._thread_context = thread_context  # entered on the engine thread around its loop (benchmarks)
         self._wake = threading.Condition()
         self._queue: collections.deque[Stream] = collections.deque()
         self._active: dict[int, Stream] = {}
@@ -181,27 +180,38 @@ class Engine:
     def _run(self) -> None:
         torch.set_num_threads(self.config.threads or compute_threads())  # this thread's own pool
         try:
-            while True:
-                with self._wake:
-                    if self._stopping:
-                        break
-                    self._admit()
-                    streams = list(self._active.values())
-                self._apply_controls(streams)
-                plan = self._plan(streams)
-                if plan.empty:
+            with self._thread_context() if self._thread_context else contextlib.nullcontext():
+                while True:
                     with self._wake:
-                        if not self._queue and not self._stopping:
-                            self._wake.wait(self.config.idle_wait_s)
-                    continue
-                for batch in plan.batches:
-                    self._execute(batch)
+                        if self._stopping:
+                            break
+                        self._admit()
+                        streams = list(self._active.values())
+                    if not self.step(streams):
+                        with self._wake:
+                            if not self._queue and not self._stopping:
+                                self._wake.wait(self.config.idle_wait_s)
         except BaseException as exc:  # the engine itself broke: nothing can continue
             self._dead = exc
             logger.critical("engine thread died: %s", exc, exc_info=True)
         finally:
             self._fail_all("internal" if self._dead else "shutting_down",
                            "engine failure" if self._dead else "engine stopped")
+
+    def step(self, streams: list[Stream]) -> bool:
+        """One tick: schedule → run → postprocess. Returns False when there was nothing to do."""
+        self._apply_controls(streams)
+        live = [s for s in streams if not s.done and not s.handle.paused]
+        plan = self.scheduler.plan(self._work(live), {st.name: st.free_slots() for st in self.stages})
+        for batch in plan.batches:
+            self._execute(batch)
+        self._postprocess(live)
+        if plan.empty:
+            return False
+        self.counters.ticks += 1
+        self.counters.batches += len(plan.batches)
+        self.counters.model_calls += sum(b[0].action in self._stage[b[0].stage].model_actions for b in plan.batches)
+        return True
 
     def _admit(self) -> None:
         while self._queue and len(self._active) < self.config.max_streams:
@@ -251,44 +261,27 @@ class Engine:
         seed = stream.request.sampling.seed
         for piece in pieces:
             index = len(stream.segments)
-            voice = stream.request.voice
-            if voice is None and index > 0:
-                voice = SegmentVoice(stream.segments[0])
-            gen = make_generator(None if seed is None else seed + index)
+            first = SegmentVoice(stream.segments[0]) if stream.segments else None
+            voice = segment_history(stream.request.voice, first, index)
+            gen = make_generator(segment_seed(seed, index))
             stream.segments.append(Segment(index, piece, self.tokenizer.encode(piece), voice, gen))
 
     # ------------------------------------------------------------------- planning
-    def _plan(self, streams: list[Stream]) -> Plan:
+    def _work(self, streams: list[Stream]) -> list[Work]:
+        """What every stage could do for every stream now (no model touched, nothing changed)."""
         work: list[Work] = []
+        now = time.perf_counter()
         for stream in streams:
-            if stream.done or stream.handle.paused:
-                continue
-            work.extend(self._stream_work(stream))
-            if stream.text_done and all(seg.dec.done for seg in stream.segments):
-                self._end(stream, "end")
-        free = {"semantic": self.semantic.cache.n_free, "coarse": self.coarse.cache.n_free}
-        return self.scheduler.plan(work, free)
-
-    def _stream_work(self, stream: Stream) -> list[Work]:
-        policy, sid = stream.request.policy, stream.id
-        prio = stream.produced / 24_000 - (time.perf_counter() - stream.submitted)  # audio ahead of wall clock
-        work = []
-        seg = stream.current("semantic")
-        if seg is not None and not (seg.sem.slot is not None and semantic_ahead(seg)):
-            action = self.semantic.wants(seg)
-            work.append(Work(sid, "semantic", action, priority=prio, needs_slot=action == "prefill"))
-        seg = stream.current("coarse")
-        if seg is not None and (action := self.coarse.wants(seg, policy)) is not None:
-            work.append(Work(sid, "coarse", action, priority=prio, needs_slot=seg.co.slot is None and action == "prefill"))
-        seg = stream.current("fine")
-        if seg is not None and (plan := self.fine.plan(seg, policy)) is not None:
-            if isinstance(plan, FineWindow):
-                work.append(Work(sid, "fine", "window", key=plan, priority=prio))
-            else:
-                work.append(Work(sid, "fine", plan, priority=prio))
-        seg = stream.current("decode")
-        if seg is not None and (n := self.decode.next_chunk(seg)) != 0:
-            work.append(Work(sid, "decode", "finish" if n < 0 else "chunk", key=n, priority=prio))
+            policy = stream.request.policy
+            prio = stream.produced / SAMPLE_RATE - (now - stream.submitted)  # audio ahead of the wall clock
+            for stage in self.stages:
+                seg = stream.current(stage.name)
+                if seg is None:
+                    continue
+                w = stage.work(seg, policy)
+                if w is not None:
+                    work.append(Work(stream.id, stage.name, w.action, key=w.key, priority=prio,
+                                     needs_slot=w.needs_slot, cost=w.cost, detail=w))
         return work
 
     # ------------------------------------------------------------------ execution
@@ -300,8 +293,10 @@ class Engine:
             if not batch:
                 return
         t0 = time.perf_counter()
+        stage = self._stage[batch[0].stage]
         try:
-            self._run_batch(batch, streams)
+            stage.run(batch[0].action, [s.current(stage.name) for s in streams],
+                      [s.request.sampling for s in streams], [w.detail for w in batch])
         except RowFailures as rows:  # the model call worked; some streams' own steps failed
             for i, exc in rows.failures:
                 self._fail(streams[i], exc)
@@ -319,39 +314,24 @@ class Engine:
         for w, s in zip(batch, streams):
             s.stats.stage_s[w.stage] = s.stats.stage_s.get(w.stage, 0.0) + share
 
-    def _run_batch(self, batch: list[Work], streams: list[Stream]) -> None:
-        stage, action = batch[0].stage, batch[0].action
-        segs = [s.current(stage) for s in streams]
-        params = [s.request.sampling for s in streams]
-        if stage == "semantic":
-            (self.semantic.prefill if action == "prefill" else self.semantic.decode)(segs, params)
-        elif stage == "coarse":
-            if action == "finish":
-                self.coarse.finish(segs[0])
-            elif action == "prefill":
-                self.coarse.prefill(segs[0], params[0])
-            else:
-                self.coarse.decode(segs, params)
-        elif stage == "fine":
-            if action == "finish":
-                self.fine.finish(segs[0])
-            elif action == "offline":
-                self.fine.run_offline(segs[0], params[0])
-            else:
-                self.fine.run_windows([(seg, w.key) for seg, w in zip(segs, batch)], params)
-        else:
-            self._decode(streams[0], segs[0], batch[0])
-
-    def _decode(self, stream: Stream, seg: Segment, work: Work) -> None:
-        if work.action == "chunk":
-            pcm = self.decode.decode(seg, work.key)
-        else:
-            pcm = self.decode.finish(seg)
-        chunk = stream.push_audio(seg, pcm) if len(pcm) or seg.start_sample is None else None
-        if chunk is not None:
-            stream.handle.emit(chunk)
-        if seg.dec.done:
-            stream.handle.emit(stream.span(seg))
+    def _postprocess(self, streams: list[Stream]) -> None:
+        """Emit the audio and segment spans the tick produced; end the streams that are complete."""
+        for stream in streams:
+            if stream.done:
+                continue
+            for seg in stream.segments[stream.spans_sent:]:
+                for pcm in seg.dec.pcm:
+                    if len(pcm) or seg.start_sample is None:
+                        chunk = stream.push_audio(seg, pcm)
+                        if chunk is not None:
+                            stream.handle.emit(chunk)
+                seg.dec.pcm.clear()
+                if not seg.dec.done:
+                    break
+                stream.handle.emit(stream.span(seg))
+                stream.spans_sent += 1
+            if stream.text_done and stream.spans_sent == len(stream.segments):
+                self._end(stream, "end")
 
     # ------------------------------------------------------------------ endings
     def _end(self, stream: Stream, reason: str, code: str | None = None, message: str | None = None) -> None:
@@ -359,8 +339,8 @@ class Engine:
             return
         stream.done = True
         for seg in stream.segments:
-            self.semantic.release(seg)
-            self.coarse.release(seg)
+            for stage in self.stages:
+                stage.release(seg)
         if reason == "end":
             tail = stream.flush_audio()
             if tail is not None:

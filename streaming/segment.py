@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .constants import N_FINE_CODEBOOKS
+from .prompts import unflatten_coarse
+from .sampling import StreamRng
 
 
 class RowFailures(Exception):
@@ -76,6 +77,7 @@ class DecodeState:
     n_decoded: int = 0  # fine frames decoded so far
     chunks: int = 0  # decode calls so far
     done: bool = False
+    pcm: list[np.ndarray] = field(default_factory=list)  # decoded, not yet taken by the engine
 
 
 @dataclass
@@ -86,7 +88,7 @@ class Segment:
     text: str
     text_ids: list[int]
     voice: object | None  # the history (Voice-like: .semantic, .coarse, .fine) or None
-    generator: torch.Generator
+    generator: StreamRng  # this segment's random numbers (seeded per segment)
     semantic: list[int] = field(default_factory=list)
     coarse: list[int] = field(default_factory=list)
     fine: np.ndarray = field(default_factory=lambda: np.zeros((N_FINE_CODEBOOKS, 0), dtype=np.int64))
@@ -105,6 +107,4 @@ class Segment:
     @property
     def coarse_codes(self) -> np.ndarray:
         """int64 [2, n] codebook codes of the complete frames so far."""
-        from .prompts import unflatten_coarse
-
         return unflatten_coarse(np.asarray(self.coarse[: 2 * self.n_coarse_frames], dtype=np.int64))

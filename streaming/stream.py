@@ -158,6 +158,7 @@ class Stream:
     held: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # delayed tail
     overlap: int = 240  # samples crossfaded at segment joins
     stats: StreamStats = field(default_factory=StreamStats)
+    spans_sent: int = 0  # segments whose audio is complete and whose span was emitted
     done: bool = False
 
     @property

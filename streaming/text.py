@@ -81,7 +81,7 @@ def _boundary_after(text: str, match: re.Match[str]) -> int | None:
     closed = _CLOSERS.match(text, match.end()).end()
     tagged = _TAGS_AFTER.match(text, closed)
     candidates = [tagged.end(), closed] if tagged else [closed]
-    cjk = any(char in _CJK_ENDS for char in run)
+    cjk = run[-1] in _CJK_ENDS  # "。." ends like ".": only a run ending in a CJK terminator needs no space
     for end in candidates:
         if end >= len(text):
             return None  # the rest (closers, tags) belongs to this last sentence

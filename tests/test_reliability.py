@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from audio_checks import assert_same_audio
 from server.protocol import Limits
 from streaming.engine import Engine
 from tests.server_fixtures import (  # noqa: F401 - engine is a fixture
@@ -228,16 +229,16 @@ def test_api_keys_401_and_never_logged(servers: list[ServerThread], engine: Engi
 
 def test_fault_in_one_request_ends_only_that_request(servers: list[ServerThread], engine: Engine,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception in one request's coarse sampling ends it with internal; its neighbours finish intact."""
-    import streaming.stages.coarse as coarse_mod
+    """An exception in one request's coarse step ends it with internal; its neighbours finish intact."""
+    from streaming.stages.coarse import CoarseStage
 
-    real = coarse_mod.sample
+    real = CoarseStage._accept_row
     victim_seed = 424242
 
-    def faulty(logits: Any, **kw: Any) -> Any:
-        if kw["generator"].initial_seed() == victim_seed:
+    def faulty(self: Any, seg: Any, token: int) -> Any:
+        if seg.generator.seed == victim_seed:
             raise RuntimeError("injected fault")
-        return real(logits, **kw)
+        return real(self, seg, token)
 
     srv = serve(servers, engine)
     text = "Hello there."
@@ -246,7 +247,7 @@ def test_fault_in_one_request_ends_only_that_request(servers: list[ServerThread]
         clean = await RawClient.connect(srv.url)
         await clean.speak("want", text)
         want = (await clean.until_done("want"))["want"]
-        monkeypatch.setattr(coarse_mod, "sample", faulty)
+        monkeypatch.setattr(CoarseStage, "_accept_row", faulty)
         conn, other = await RawClient.connect(srv.url), await RawClient.connect(srv.url)
         await conn.speak("bad", text, params={**PARAMS, "seed": victim_seed})
         await conn.speak("good", text)
@@ -263,7 +264,7 @@ def test_fault_in_one_request_ends_only_that_request(servers: list[ServerThread]
     for good in (results["same"]["good"], results["other"]["good"]):
         assert good.done["reason"] == "end"  # type: ignore[index]
         good.check_contiguous()
-        np.testing.assert_array_equal(good.samples(), ref["want"].samples())
+        assert_same_audio(good.samples(), ref["want"].samples(), s16=True)  # decoded in a batch
     assert engine.healthy
 
 

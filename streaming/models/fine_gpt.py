@@ -29,9 +29,10 @@ class FineGPTConfig(GPTConfig):
 class NonCausalSelfAttention(CausalSelfAttention):
     """Same projections as the causal attention; every position attends to every other."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: bool [B, 1, 1, T], True for a row's real positions (None: all real)."""
         q, k, v = self._qkv(x)  # [B, nh, T, hs] each
-        return self.c_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        return self.c_proj(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
 
 
 class FineBlock(nn.Module):
@@ -42,8 +43,8 @@ class FineBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -71,11 +72,14 @@ class FineGPT(nn.Module):
             self.transformer.wtes[i + 1].weight = self.lm_heads[i].weight
 
     @torch.inference_mode()
-    def forward(self, pred_idx: int, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, pred_idx: int, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for codebook `pred_idx` at every position.
 
         idx: LongTensor [B, T, n_codes_total] (unknown codebooks hold 1024);
         returns [B, T, output_vocab]. Codebooks 0..pred_idx are embedded and summed.
+        Windows of different lengths come right-padded to T with `mask` (bool
+        [B, 1, 1, T], True at a row's real positions): no real position attends to
+        padding, so a row's real outputs are its unpadded outputs up to float rounding.
         """
         B, T, n_codes = idx.shape
         cfg = self.config
@@ -87,6 +91,6 @@ class FineGPT(nn.Module):
         x = tok[..., : pred_idx + 1].sum(dim=-1)  # [B, T, C]
         x = x + self.transformer.wpe(torch.arange(T, device=idx.device))[None]
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, mask)
         x = self.transformer.ln_f(x)
         return self.lm_heads[pred_idx - cfg.n_codes_given](x)  # [B, T, V]

@@ -7,9 +7,10 @@ checkpoints load as plain state dicts. What differs is execution:
 - `prefill()` runs whole prompts of equal length for several streams and writes
   their keys/values into their slots of a preallocated `KVCache`;
 - `decode()` advances a batch of streams by one token each, every stream at
-  its own position. Linear layers run on the whole batch; attention runs per
-  stream over exactly its own valid cache length, so a stream's numbers are the
-  same alone or in any batch.
+  its own position. Every layer is one batched call: attention reads each row's
+  cache up to the batch's longest length with the keys past a row's own length
+  masked out (probability exactly 0), so a stream's numbers equal its numbers
+  alone up to float rounding of the batched reductions.
 """
 
 from __future__ import annotations
@@ -69,18 +70,51 @@ def split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.view(B, T, n_head, C // n_head).transpose(1, 2)
 
 
-def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kernel: str) -> torch.Tensor:
-    """One stream's decode attention: q [nh, 1, hs] over keys/values [nh, L, hs] (cache views).
+def attend_batch(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                 kernel: str) -> torch.Tensor:
+    """Decode attention for a whole batch in one call.
 
-    kernel "sdpa": torch's fused attention (GPUs). kernel "matmul": two matmuls and a
-    softmax in the cache's precision, reading the strided cache views without copies;
-    on CPU this is 3x faster than SDPA at decode shapes.
+    q [B, nh, 1, hs]; keys/values [B, nh, L, hs] (each row's cache up to the batch's longest
+    length); mask: bool [B, 1, 1, L], True where a key is valid for that row, or None when
+    every row's cache has length L. Masked keys get probability exactly 0.
+
+    kernel "sdpa": torch's fused attention (GPUs). kernel "matmul": two batched matmuls
+    and a softmax in the cache's precision; on CPU this is ~3x faster than SDPA at decode
+    shapes.
     """
     if kernel == "sdpa":
-        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype))
+        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
     scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q.to(keys.dtype), keys.transpose(-1, -2)) * scale  # [nh, 1, L]
-    return torch.matmul(torch.softmax(scores, dim=-1), values).to(q.dtype)  # [nh, 1, hs]
+    scores = torch.matmul(q.to(keys.dtype), keys.transpose(-1, -2)) * scale  # [B, nh, 1, L]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), values).to(q.dtype)  # [B, nh, 1, hs]
+
+
+@dataclass(frozen=True)
+class DecodeIndex:
+    """Where a decode step reads and writes, built once per step and shared by every layer.
+
+    All tensors live on the model's device, so no layer goes back to the host.
+    """
+
+    slots: torch.Tensor  # int64 [B] KV-cache slot of each row
+    positions: torch.Tensor  # int64 [B] position of each row's new token
+    length: int  # L = longest row's cache length after the step (host int, sizes the views)
+    window: slice | None  # slots as a contiguous range (rows sorted by slot): read the cache as a view
+    mask: torch.Tensor | None  # bool [B, 1, 1, L], None when every row has length L
+
+    @staticmethod
+    def build(slots: list[int], positions: list[int], device: torch.device) -> "DecodeIndex":
+        slot_t = torch.tensor(slots, device=device)
+        pos_t = torch.tensor(positions, device=device)
+        length = max(positions) + 1
+        contiguous = all(b == a + 1 for a, b in zip(slots, slots[1:]))
+        window = slice(slots[0], slots[-1] + 1) if contiguous else None
+        mask = None
+        if min(positions) + 1 != length:
+            mask = (torch.arange(length, device=device)[None, :] <= pos_t[:, None])[:, None, None, :]
+        return DecodeIndex(slot_t, pos_t, length, window, mask)
 
 
 def merge_heads(t: torch.Tensor) -> torch.Tensor:
@@ -110,22 +144,18 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, nh, T, hs]
         return self.c_proj(merge_heads(y))
 
-    def decode(
-        self, x: torch.Tensor, cache: KVCache, layer: int, slots: list[int], positions: list[int],
-        index: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """x: [B, 1, C], one new token per stream at `positions` in `slots` (`index`: both as tensors)."""
+    def decode(self, x: torch.Tensor, cache: KVCache, layer: int, index: DecodeIndex) -> torch.Tensor:
+        """x: [B, 1, C], one new token per row at `index.positions` in `index.slots`."""
         q, k, v = self._qkv(x)  # [B, nh, 1, hs]
-        slot_t, pos_t = index
-        cache.k[layer, slot_t, :, pos_t] = k[:, :, 0].to(cache.dtype)  # [B, nh, hs] at each stream's position
-        cache.v[layer, slot_t, :, pos_t] = v[:, :, 0].to(cache.dtype)
-        kernel = "sdpa" if cache.k.device.type != "cpu" else "matmul"
-        ys = []
-        for i, (slot, pos) in enumerate(zip(slots, positions)):
-            keys = cache.k[layer, slot, :, : pos + 1]  # [nh, L, hs], a view
-            values = cache.v[layer, slot, :, : pos + 1]
-            ys.append(attend_one(q[i], keys, values, cache.kernel or kernel))  # [nh, 1, hs]
-        y = torch.stack(ys)  # [B, nh, 1, hs]
+        cache.k[layer, index.slots, :, index.positions] = k[:, :, 0].to(cache.dtype)  # [B, nh, hs]
+        cache.v[layer, index.slots, :, index.positions] = v[:, :, 0].to(cache.dtype)
+        L = index.length
+        if index.window is not None:  # rows are consecutive slots: views, no copy
+            keys, values = cache.k[layer, index.window, :, :L], cache.v[layer, index.window, :, :L]
+        else:
+            keys, values = cache.k[layer, index.slots, :, :L], cache.v[layer, index.slots, :, :L]
+        kernel = cache.kernel or ("sdpa" if cache.k.device.type != "cpu" else "matmul")
+        y = attend_batch(q, keys, values, index.mask, kernel)  # [B, nh, 1, hs]
         return self.c_proj(merge_heads(y))
 
 
@@ -188,9 +218,13 @@ class GPT(nn.Module):
         merged = wte(idx[:, :256]) + wte(idx[:, 256:512])  # [B, 256, C]
         return torch.cat([merged, wte(idx[:, 512:])], dim=1)
 
-    def head(self, x: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
-        """Logits [B, V] (or only vocabulary rows [lo, hi): the coarse stage needs 2 of 12 blocks)."""
-        x = self.transformer.ln_f(x[:, -1])  # [B, C]
+    def head(self, x: torch.Tensor, rows: tuple[int, int] | None, last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] of each row's last position (`last` [B], default T - 1).
+
+        `rows` = vocabulary rows [lo, hi) only (the coarse stage needs 2 of 12 blocks).
+        """
+        x = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]  # [B, C]
+        x = self.transformer.ln_f(x)
         if rows is None:
             return self.lm_head(x)
         return F.linear(x, self.lm_head.weight[rows[0]:rows[1]])  # [B, hi - lo]
@@ -198,38 +232,47 @@ class GPT(nn.Module):
     @torch.inference_mode()
     def prefill(
         self, idx: torch.Tensor, cache: KVCache, slots: list[int], merge_context: bool = False,
-        rows: tuple[int, int] | None = None,
+        rows: tuple[int, int] | None = None, lengths: list[int] | None = None,
     ) -> torch.Tensor:
-        """Run prompts idx [B, T] (equal lengths) from position 0 in `slots`.
+        """Run prompts idx [B, T] from position 0 in `slots`, all in one model call.
 
-        Returns the logits of the last position, [B, output_vocab] (or the
-        vocabulary `rows` only); sets each slot's length to the prompt length.
+        Ragged prompts come right-padded to T with their true `lengths` (positions of
+        the merged prompt, i.e. T' for the semantic model). Attention is causal, so a
+        row's real positions never see its padding; the padding's keys land in the
+        cache past the row's length, where decode masks them and later tokens overwrite
+        them. Returns the logits of each row's last real position, [B, output_vocab]
+        (or the vocabulary `rows` only); sets each slot's length.
         """
         tok = self.embed_prompt(idx, merge_context)  # [B, T', C]
         T = tok.shape[1]
         assert T <= cache.max_len, f"prompt of {T} positions exceeds cache length {cache.max_len}"
+        lengths = lengths or [T] * len(slots)
         pos = torch.arange(T, device=idx.device)
         x = tok + self.transformer.wpe(pos)[None]  # [B, T', C]
         slot_t = torch.tensor(slots, device=idx.device)
         for layer, block in enumerate(self.transformer.h):
             x = x + block.attn.prefill(block.ln_1(x), cache, layer, slot_t)
             x = x + block.mlp(block.ln_2(x))
-        for s in slots:
-            cache.lengths[s] = T
-        return self.head(x, rows)
+        for s, n in zip(slots, lengths):
+            cache.lengths[s] = n
+        last = None if min(lengths) == T else torch.tensor(lengths, device=idx.device) - 1
+        return self.head(x, rows, last)
 
     @torch.inference_mode()
     def decode(
         self, tokens: torch.Tensor, cache: KVCache, slots: list[int], rows: tuple[int, int] | None = None
     ) -> torch.Tensor:
-        """Append one token per stream: tokens [B] for `slots` ([B]). Returns logits [B, V] (or `rows`)."""
+        """Append one token per stream: tokens [B] for `slots` ([B]). Returns logits [B, V] (or `rows`).
+
+        One call per layer for the whole batch; rows given in increasing slot order
+        over consecutive slots read the cache as views.
+        """
         positions = [cache.lengths[s] for s in slots]
         assert max(positions) < cache.max_len, "a stream ran past the end of its KV cache slot"
-        pos_t = torch.tensor(positions, device=tokens.device)
-        index = (torch.tensor(slots, device=tokens.device), pos_t)
-        x = self.transformer.wte(tokens[:, None]) + self.transformer.wpe(pos_t)[:, None]  # [B, 1, C]
+        index = DecodeIndex.build(slots, positions, tokens.device)
+        x = self.transformer.wte(tokens[:, None]) + self.transformer.wpe(index.positions)[:, None]  # [B, 1, C]
         for layer, block in enumerate(self.transformer.h):
-            x = x + block.attn.decode(block.ln_1(x), cache, layer, slots, positions, index)
+            x = x + block.attn.decode(block.ln_1(x), cache, layer, index)
             x = x + block.mlp(block.ln_2(x))
         for s in slots:
             cache.lengths[s] += 1

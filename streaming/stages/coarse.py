@@ -21,19 +21,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..constants import COARSE_WINDOW_LEN, SEMANTIC_TO_COARSE_RATIO
+from ..bark import coarse_step
+from ..constants import COARSE_SEMANTIC_WINDOW, COARSE_WINDOW_LEN, MAX_COARSE_HISTORY, SEMANTIC_TO_COARSE_RATIO
 from ..models.gpt import GPT
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import (
     COARSE_HEAD_ROWS,
     coarse_history,
-    coarse_logit_range,
     coarse_n_steps,
     coarse_window_prompt,
     coarse_window_semantic_span,
 )
-from ..sampling import sample
 from ..segment import CoarseState, Segment, for_each_row
+from .base import StageWork, by_slot
 
 
 def ensure_state(seg: Segment) -> CoarseState:
@@ -65,61 +65,78 @@ def window_ready(seg: Segment, policy: StreamPolicy) -> bool:
     return have >= min(end, aligned + policy.max_lookahead)
 
 
+def window_prompt(seg: Segment) -> np.ndarray:
+    """int64 [<= 887]: the prompt of the segment's next window (Bark's layout, prompts.py)."""
+    st = ensure_state(seg)
+    x_semantic = np.concatenate([st.sem_hist, np.asarray(seg.semantic, dtype=np.int64)])
+    start, end = coarse_window_semantic_span(len(st.sem_hist), st.n_step)
+    tokens = np.concatenate([st.coarse_hist, np.asarray(seg.coarse, dtype=np.int64)])
+    return coarse_window_prompt(x_semantic[start:end], tokens)
+
+
+def prompt_length(seg: Segment) -> int:
+    """Positions of the next window's prompt (256 semantic + infer + <= 630 coarse history)."""
+    st = ensure_state(seg)
+    return COARSE_SEMANTIC_WINDOW + 1 + min(MAX_COARSE_HISTORY, len(st.coarse_hist) + len(seg.coarse))
+
+
 class CoarseStage:
     """Owns the coarse model's KV cache; opens windows and steps batches."""
 
     name = "coarse"
+    model_actions = frozenset({"prefill", "step"})
 
     def __init__(self, model: GPT, n_slots: int) -> None:
         self.model = model
         self.cache = model.new_cache(n_slots)
 
-    @staticmethod
-    def wants(seg: Segment, policy: StreamPolicy) -> str | None:
-        """'prefill' (open a window), 'decode' (step inside one) or None."""
+    def free_slots(self) -> int:
+        return self.cache.n_free
+
+    def work(self, seg: Segment, policy: StreamPolicy) -> StageWork | None:
+        """'prefill' (open a window), 'step' (inside one), 'finish' (all steps taken) or None."""
         if not (seg.sem.done or seg.semantic):
             return None
         st = ensure_state(seg)
         if st.done:
             return None
         if seg.sem.done and st.n_step >= coarse_n_steps(len(seg.semantic)):
-            return "finish"
+            return StageWork("finish")
         if st.window_pos == 0:
-            return "prefill" if window_ready(seg, policy) else None
-        return "decode" if (seg.sem.done or st.n_step < step_bound(seg)) else None
+            if not window_ready(seg, policy):
+                return None
+            return StageWork("prefill", cost=prompt_length(seg), needs_slot=st.slot is None)
+        return StageWork("step") if (seg.sem.done or st.n_step < step_bound(seg)) else None
 
-    def prefill(self, seg: Segment, params: SamplingParams) -> None:
-        """Open a window for one segment: rebuild its KV cache from the window prompt."""
-        st = ensure_state(seg)
-        if st.slot is None:
-            st.slot = self.cache.allocate()
-        x_semantic = np.concatenate([st.sem_hist, np.asarray(seg.semantic, dtype=np.int64)])
-        start, end = coarse_window_semantic_span(len(st.sem_hist), st.n_step)
-        tokens = np.concatenate([st.coarse_hist, np.asarray(seg.coarse, dtype=np.int64)])
-        prompt = coarse_window_prompt(x_semantic[start:end], tokens)
+    def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
         device = self.model.lm_head.weight.device
-        logits = self.model.prefill(torch.as_tensor(prompt, device=device)[None], self.cache, [st.slot],
-                                    rows=COARSE_HEAD_ROWS)  # [1, 2048]
-        self._accept([seg], [params], logits)
+        if action == "finish":
+            for seg in segs:
+                self.finish(seg)
+            return
+        if action == "prefill":  # rebuild each window's KV cache from its prompt, ragged prompts in one call
+            for seg in segs:
+                if seg.co.slot is None:
+                    seg.co.slot = self.cache.allocate()
+            prompts = [window_prompt(seg) for seg in segs]
+            lengths = [len(p) for p in prompts]
+            idx = np.zeros((len(prompts), max(lengths)), dtype=np.int64)  # right padding, never attended to
+            for row, p in zip(idx, prompts):
+                row[: len(p)] = p
+            logits = self.model.prefill(torch.as_tensor(idx, device=device), self.cache, [s.co.slot for s in segs],
+                                        rows=COARSE_HEAD_ROWS, lengths=lengths)  # [B, 2048]
+        else:  # feed each segment's pending token
+            order = by_slot([s.co.slot for s in segs])
+            segs, params = [segs[i] for i in order], [params[i] for i in order]
+            tokens = torch.tensor([s.co.pending for s in segs], device=device)
+            logits = self.model.decode(tokens, self.cache, [s.co.slot for s in segs], rows=COARSE_HEAD_ROWS)
+        tokens = coarse_step(logits, [s.co.n_step for s in segs], params, [s.generator for s in segs])
+        for_each_row(list(zip(segs, tokens.tolist())), self._accept_row)
 
-    def decode(self, segs: list[Segment], params: list[SamplingParams]) -> None:
-        """Feed each segment's pending token and sample the next."""
-        device = self.model.lm_head.weight.device
-        tokens = torch.tensor([s.co.pending for s in segs], device=device)
-        logits = self.model.decode(tokens, self.cache, [s.co.slot for s in segs], rows=COARSE_HEAD_ROWS)
-        self._accept(segs, params, logits)
-
-    def _accept(self, segs: list[Segment], params: list[SamplingParams], logits: torch.Tensor) -> None:
-        for_each_row(list(zip(segs, params, logits)), self._accept_row)
-
-    def _accept_row(self, seg: Segment, p: SamplingParams, row: torch.Tensor) -> None:
+    def _accept_row(self, seg: Segment, token: int) -> None:
         st = seg.co
-        lo, hi = coarse_logit_range(st.n_step)
-        first = COARSE_HEAD_ROWS[0]  # row holds logits of vocabulary [10000, 12048)
-        code, _ = sample(row[lo - first:hi - first].float().cpu(), temp=p.coarse_temp, top_k=p.semantic_top_k,
-                         top_p=p.top_p, generator=seg.generator)
-        seg.coarse.append(code + lo)
-        st.pending = code + lo
+        seg.coarse.append(token)
+        st.pending = token
         st.n_step += 1
         st.window_pos += 1
         if st.window_pos == COARSE_WINDOW_LEN:

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from ..constants import FINE_PAD_TOKEN, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS
+from ..bark import fine_predict, generate_fine
 from ..models.bundle import BarkModels
-from ..offline import fine_predict, generate_fine
 from ..params import SamplingParams, StreamPolicy
-from ..prompts import fine_history
+from ..prompts import fine_history, unflatten_coarse
 from ..segment import FineState, Segment
+from .base import StageWork
 
 FIRST_NEW = 8  # frames the first sliding window of a segment finalises (>= the decoder's first chunk)
 
@@ -86,57 +87,72 @@ def window_input(seg: Segment, win: FineWindow) -> np.ndarray:
     final = np.concatenate([st.hist, seg.fine], axis=1)  # [8, H + n_final]
     left = final[:, final.shape[1] - win.left:]  # [8, left]
     n_final = seg.fine.shape[1]
-    coarse = seg.coarse_codes[:, n_final:n_final + win.new + win.right]  # [2, new + right]
+    flat = np.asarray(seg.coarse[2 * n_final:2 * (n_final + win.new + win.right)], dtype=np.int64)
+    coarse = unflatten_coarse(flat)  # [2, new + right]: only the frames this window reads
     pad = np.full((N_FINE_CODEBOOKS - N_COARSE_CODEBOOKS, coarse.shape[1]), FINE_PAD_TOKEN, dtype=np.int64)
     return np.concatenate([left, np.concatenate([coarse, pad])], axis=1).T  # [T, 8]
 
 
 class FineStage:
-    """Runs fine windows for segments; windows of equal geometry share one batch."""
+    """Runs fine windows for segments: every window due in a tick in one batch, whatever its geometry."""
 
     name = "fine"
+    model_actions = frozenset({"window", "offline"})
 
     def __init__(self, models: BarkModels) -> None:
         self.models = models
         self.trace: list[tuple[np.ndarray, FineWindow, np.ndarray]] | None = None  # tests: (input, window, output)
 
-    @staticmethod
-    def plan(seg: Segment, policy: StreamPolicy) -> FineWindow | str | None:
-        """The next window, 'offline' (run Bark's windows now), 'finish', or None."""
+    def free_slots(self) -> int:
+        return 0  # the fine model keeps no cache
+
+    def work(self, seg: Segment, policy: StreamPolicy) -> StageWork | None:
+        """The next 'window', 'offline' (run Bark's windows now), 'finish', or None."""
         st = ensure_state(seg)
         if st.done or seg.co is None:
             return None
         coarse_done = seg.co.done
         n_final, n_avail = seg.fine.shape[1], seg.n_coarse_frames
         if coarse_done and n_final >= n_avail:
-            return "finish"
+            return StageWork("finish")
         if policy.fine == "offline":
-            return "offline" if coarse_done else None
-        return plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy, st.windows)
+            return StageWork("offline", cost=n_avail) if coarse_done else None
+        win = plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy, st.windows)
+        return None if win is None else StageWork("window", cost=win.length, detail=win)
 
-    def run_offline(self, seg: Segment, params: SamplingParams) -> None:
-        """Bark's own fine windows over the whole segment (fidelity policy)."""
-        seg.fine = generate_fine(self.models, seg.coarse_codes, seg.voice, params, seg.generator)
-        ensure_state(seg).windows += 1
-        self.finish(seg)
+    def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
+        if action == "window":
+            self.run_windows([(seg, item.detail) for seg, item in zip(segs, items)], params)
+        elif action == "offline":  # Bark's own windows over each whole segment (fidelity policy)
+            for seg, p in zip(segs, params):
+                seg.fine = generate_fine(self.models, seg.coarse_codes, seg.voice, p, seg.generator)
+                ensure_state(seg).windows += 1
+                self.finish(seg)
+        else:
+            for seg in segs:
+                self.finish(seg)
 
     def run_windows(self, batch: list[tuple[Segment, FineWindow]], params: list[SamplingParams]) -> None:
-        """Windows of identical geometry, one model batch per codebook."""
-        win = batch[0][1]
-        assert all(w == win for _, w in batch), "a fine batch must share one window geometry"
+        """Windows of any geometry in one batch: right-padded to the longest, padding masked."""
         device = self.models.device
-        inputs = np.stack([window_input(seg, w) for seg, w in batch])  # [B, T, 8]
-        x = torch.tensor(inputs, device=device)  # a copy: `inputs` stays the model input
-        temps = [p.fine_temperature for p in params]
-        gens = [seg.generator for seg, _ in batch]
-        fine_predict(self.models.fine, x, win.left, N_COARSE_CODEBOOKS, temps, gens)
+        inputs = [window_input(seg, w) for seg, w in batch]  # [T_b, 8] each
+        lengths = [len(x) for x in inputs]
+        stacked = np.full((len(inputs), max(lengths), N_FINE_CODEBOOKS), FINE_PAD_TOKEN, dtype=np.int64)
+        for row, x in zip(stacked, inputs):
+            row[: len(x)] = x
+        x = torch.tensor(stacked, device=device)  # a copy: `inputs` stay the model input
+        fine_predict(self.models.fine, x, [w.left for _, w in batch], N_COARSE_CODEBOOKS,
+                     [p.fine_temperature for p in params], [seg.generator for seg, _ in batch], lengths=lengths)
         out = x.cpu().numpy()
         for i, (seg, w) in enumerate(batch):
             if self.trace is not None:
-                self.trace.append((inputs[i], w, out[i]))
+                self.trace.append((inputs[i], w, out[i, : lengths[i]]))
             new = out[i, w.left:w.left + w.new].T  # [8, new]
             seg.fine = np.concatenate([seg.fine, new], axis=1)
             seg.fi.windows += 1
 
     def finish(self, seg: Segment) -> None:
         ensure_state(seg).done = True
+
+    def release(self, seg: Segment) -> None:
+        pass  # nothing held between ticks

@@ -2,7 +2,8 @@
 
 Every sampled token is published to `segment.semantic` at once, so the coarse
 stage can use it on the same engine tick. All semantic prompts are 257
-positions long, so any set of new streams prefills as one batch.
+positions long, so any set of new streams prefills as one batch; every step
+advances all running streams in one model call.
 """
 
 from __future__ import annotations
@@ -10,64 +11,77 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..constants import MAX_SEMANTIC_STEPS, SEMANTIC_PAD_TOKEN, SEMANTIC_VOCAB_SIZE
+from ..bark import semantic_cap, semantic_step
+from ..constants import COARSE_WINDOW_LEN, SEMANTIC_PROMPT_LEN
 from ..models.gpt import GPT
-from ..params import SamplingParams
-from ..prompts import semantic_prompt
-from ..sampling import sample
+from ..params import SamplingParams, StreamPolicy
+from ..prompts import coarse_window_semantic_span, semantic_prompt
 from ..segment import Segment, for_each_row
+from .base import StageWork, by_slot
+
+SEMANTIC_LEAD = 8  # semantic tokens (~0.16 s of speech) kept ready beyond the next coarse window's needs
+
+
+def semantic_ahead(seg: Segment) -> bool:
+    """True when the segment's semantic tokens already cover the next coarse window plus SEMANTIC_LEAD.
+
+    The semantic stage then skips its step: the tick's time goes to the coarse
+    stage, which is what the first audio waits for. Tokens are unaffected. (This
+    reads the coarse stage's progress: a pacing decision, never an input.)
+    """
+    co = seg.co
+    if co is None or co.done:
+        return False
+    next_window = -(-co.n_step // COARSE_WINDOW_LEN) * COARSE_WINDOW_LEN  # next multiple of 60
+    _, end = coarse_window_semantic_span(len(co.sem_hist), next_window)
+    return len(co.sem_hist) + len(seg.semantic) >= end + SEMANTIC_LEAD
 
 
 class SemanticStage:
     """Owns the text model's KV cache; advances batches of segments."""
 
     name = "semantic"
+    model_actions = frozenset({"prefill", "step"})
 
     def __init__(self, model: GPT, n_slots: int) -> None:
         self.model = model
         self.cache = model.new_cache(n_slots)
 
-    @staticmethod
-    def wants(seg: Segment) -> str | None:
-        """'prefill', 'decode' or None (nothing to do)."""
+    def free_slots(self) -> int:
+        return self.cache.n_free
+
+    def work(self, seg: Segment, policy: StreamPolicy) -> StageWork | None:
         if seg.sem.done:
             return None
-        return "prefill" if seg.sem.slot is None else "decode"
+        if seg.sem.slot is None:
+            return StageWork("prefill", cost=SEMANTIC_PROMPT_LEN, needs_slot=True)
+        return None if semantic_ahead(seg) else StageWork("step")
 
-    def prefill(self, segs: list[Segment], params: list[SamplingParams]) -> None:
-        """Start segments: prompt [B, 513] (merged to 257 positions), then sample token 0."""
+    def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
         device = self.model.lm_head.weight.device
-        for seg in segs:
-            if seg.sem.slot is None:
-                seg.sem.slot = self.cache.allocate()
-        hist = [None if s.voice is None else s.voice.semantic for s in segs]
-        prompts = np.stack([semantic_prompt(s.text_ids, h) for s, h in zip(segs, hist)])
-        logits = self.model.prefill(torch.as_tensor(prompts, device=device), self.cache,
-                                    [s.sem.slot for s in segs], merge_context=True)  # [B, V]
-        self._accept(segs, params, logits)
+        if action == "prefill":  # prompt [B, 513] (merged to 257 positions), then sample token 0
+            for seg in segs:
+                if seg.sem.slot is None:
+                    seg.sem.slot = self.cache.allocate()
+            prompts = np.stack([semantic_prompt(s.text_ids, None if s.voice is None else s.voice.semantic)
+                                for s in segs])
+            logits = self.model.prefill(torch.as_tensor(prompts, device=device), self.cache,
+                                        [s.sem.slot for s in segs], merge_context=True)  # [B, V]
+        else:  # feed each segment's pending token
+            order = by_slot([s.sem.slot for s in segs])
+            segs, params = [segs[i] for i in order], [params[i] for i in order]
+            tokens = torch.tensor([s.sem.pending for s in segs], device=device)
+            logits = self.model.decode(tokens, self.cache, [s.sem.slot for s in segs])  # [B, V]
+        tokens, ended = semantic_step(logits, params, [s.generator for s in segs])
+        for_each_row(list(zip(segs, params, tokens.tolist(), ended.tolist())), self._accept_row)
 
-    def decode(self, segs: list[Segment], params: list[SamplingParams]) -> None:
-        """Feed each segment's pending token, sample the next one."""
-        device = self.model.lm_head.weight.device
-        tokens = torch.tensor([s.sem.pending for s in segs], device=device)
-        logits = self.model.decode(tokens, self.cache, [s.sem.slot for s in segs])  # [B, V]
-        self._accept(segs, params, logits)
-
-    def _accept(self, segs: list[Segment], params: list[SamplingParams], logits: torch.Tensor) -> None:
-        relevant = logits[:, : SEMANTIC_VOCAB_SIZE + 1].float().cpu()  # 10,000 tokens + EOS
-        for_each_row(list(zip(segs, params, relevant)), self._accept_row)
-
-    def _accept_row(self, seg: Segment, p: SamplingParams, row: torch.Tensor) -> None:
-        token, probs = sample(row, temp=p.text_temp, top_k=p.semantic_top_k, top_p=p.top_p,
-                              generator=seg.generator)
-        eos_p = float(probs[-1]) if probs is not None else float(token == SEMANTIC_PAD_TOKEN)
-        if token == SEMANTIC_PAD_TOKEN or eos_p >= p.min_eos_p:
+    def _accept_row(self, seg: Segment, p: SamplingParams, token: int, ended: bool) -> None:
+        if ended:
             self.finish(seg)
             return
         seg.semantic.append(token)
         seg.sem.pending = token
-        cap = min(p.max_semantic_tokens or MAX_SEMANTIC_STEPS, MAX_SEMANTIC_STEPS)
-        if len(seg.semantic) >= cap:
+        if len(seg.semantic) >= semantic_cap(p):
             self.finish(seg)
 
     def finish(self, seg: Segment) -> None:
