@@ -106,9 +106,10 @@ def main() -> None:
         base = rows.get(args.streams[0], (rate, None))[0]
         print(f"{n:>7} {rate:>9.2f} {rate / base:>6.2f} {timed['ticks']:>6} {timed['calls_per_tick']:>10.2f} "
               f"{counted['ops_per_tick']:>9.0f} {timed['ttfa_mean']:>8.2f}s {timed['ttfa_max']:>7.2f}s", flush=True)
-    if 1 in rows and 64 in rows:
-        print(f"engine scaling: 64 streams = {rows[64][0] / rows[1][0]:.1f} x one stream, "
-              f"torch ops/tick 64 vs 1 = {rows[64][1] / rows[1][1]:.2f} x")
+    if 1 in rows and len(rows) > 1:
+        n = 64 if 64 in rows else max(rows)
+        print(f"engine scaling: {n} streams = {rows[n][0] / rows[1][0]:.1f} x one stream, "
+              f"torch ops/tick {n} vs 1 = {rows[n][1] / rows[1][1]:.2f} x")
 
 
 if __name__ == "__main__":

@@ -106,26 +106,29 @@ def fine_predict(
     """
     B, T, _ = windows.shape
     device = windows.device
-    starts = [fill_from] * B if isinstance(fill_from, int) else list(fill_from)
-    ends = [T] * B if lengths is None else list(lengths)
-    pos = torch.arange(T, device=device)[None]
-    start_t, end_t = torch.tensor(starts, device=device)[:, None], torch.tensor(ends, device=device)[:, None]
-    fill = (pos >= start_t) & (pos < end_t)  # [B, T]
-    mask = None if min(ends) == T else (pos < end_t)[:, None, None, :]  # [B, 1, 1, T]
-    sampled = [b for b, t in enumerate(temps) if t is not None]
-    if sampled:
-        sel = torch.tensor(sampled, device=device)
-        temp_t = torch.tensor([temps[b] for b in sampled], device=device)[:, None, None]
-        fill_np = fill[sel].cpu().numpy()  # [b, T]: where each sampled row draws
+    starts = np.full(B, fill_from) if isinstance(fill_from, int) else np.asarray(fill_from)
+    ends = np.full(B, T) if lengths is None else np.asarray(lengths)
+    counts = ends - starts
+    rows = np.repeat(np.arange(B), counts)  # every filled position, row by row
+    cols = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+    at = (torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device))
+    mask = None
+    if ends.min() < T:
+        mask = (torch.arange(T, device=device)[None] < torch.from_numpy(ends).to(device)[:, None])[:, None, None, :]
+    sampled_rows = [b for b, t in enumerate(temps) if t is not None]
+    if sampled_rows:
+        pick_at = np.isin(rows, sampled_rows)  # filled positions of sampled rows
+        sel = torch.from_numpy(np.flatnonzero(pick_at)).to(device)
+        temp_t = torch.tensor([temps[b] for b in rows[pick_at]], device=device)[:, None]
+        sampled_rngs, sampled_counts = [rngs[b] for b in sampled_rows], [int(counts[b]) for b in sampled_rows]
     for cb in range(n_given, N_FINE_CODEBOOKS):
-        logits = model(cb, windows, mask)[..., :CODEBOOK_SIZE]  # [B, T, 1024]
-        preds = torch.argmax(logits, dim=-1)  # [B, T]
-        if sampled:
-            probs = torch.softmax(logits[sel].float() / temp_t, dim=-1)  # [b, T, 1024]
-            u = np.zeros(fill_np.shape, dtype=np.float64)
-            u[fill_np] = uniforms([rngs[b] for b in sampled], list(fill_np.sum(axis=1)))  # row-major: row by row
-            preds = preds.index_copy(0, sel, pick(probs, torch.from_numpy(u).to(device)))
-        windows[:, :, cb] = torch.where(fill, preds, windows[:, :, cb])
+        logits = model(cb, windows, mask, at)[:, :CODEBOOK_SIZE]  # [N, 1024]
+        preds = torch.argmax(logits, dim=-1)  # [N]
+        if sampled_rows:
+            probs = torch.softmax(logits[sel].float() / temp_t, dim=-1)
+            u = torch.from_numpy(uniforms(sampled_rngs, sampled_counts)).to(device)
+            preds = preds.index_copy(0, sel, pick(probs, u))
+        windows[at + (cb,)] = preds
 
 
 def generate_fine(

@@ -5,6 +5,8 @@ Everything here is pure bookkeeping over token arrays; see bark-facts.md.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .constants import (
@@ -73,7 +75,7 @@ def coarse_history(semantic: np.ndarray | None, coarse: np.ndarray | None) -> tu
 
 def coarse_n_steps(n_semantic: int) -> int:
     """Coarse tokens (both codebooks) Bark generates for n_semantic new semantic tokens."""
-    return int(round(np.floor(n_semantic * SEMANTIC_TO_COARSE_RATIO / N_COARSE_CODEBOOKS) * N_COARSE_CODEBOOKS))
+    return math.floor(n_semantic * SEMANTIC_TO_COARSE_RATIO / N_COARSE_CODEBOOKS) * N_COARSE_CODEBOOKS
 
 
 def coarse_window_semantic_span(n_semantic_history: int, n_step: int) -> tuple[int, int]:

@@ -72,7 +72,8 @@ class FineGPT(nn.Module):
             self.transformer.wtes[i + 1].weight = self.lm_heads[i].weight
 
     @torch.inference_mode()
-    def forward(self, pred_idx: int, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pred_idx: int, idx: torch.Tensor, mask: torch.Tensor | None = None,
+                at: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits for codebook `pred_idx` at every position.
 
         idx: LongTensor [B, T, n_codes_total] (unknown codebooks hold 1024);
@@ -80,6 +81,8 @@ class FineGPT(nn.Module):
         Windows of different lengths come right-padded to T with `mask` (bool
         [B, 1, 1, T], True at a row's real positions): no real position attends to
         padding, so a row's real outputs are its unpadded outputs up to float rounding.
+        `at` = (rows [N], positions [N]): logits only there, [N, output_vocab] (the
+        output head is the widest layer; predictions are needed only where codes are filled).
         """
         B, T, n_codes = idx.shape
         cfg = self.config
@@ -92,5 +95,7 @@ class FineGPT(nn.Module):
         x = x + self.transformer.wpe(torch.arange(T, device=idx.device))[None]
         for block in self.transformer.h:
             x = block(x, mask)
+        if at is not None:
+            x = x[at]  # [N, C]
         x = self.transformer.ln_f(x)
-        return self.lm_heads[pred_idx - cfg.n_codes_given](x)  # [B, T, V]
+        return self.lm_heads[pred_idx - cfg.n_codes_given](x)  # [B, T, V] (or [N, V])
