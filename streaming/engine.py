@@ -1,14 +1,17 @@
 """The engine: one thread that advances every active stream, batch by batch.
 
-    submit() ──> admission queue ──> active streams ──> tick: plan → execute → emit
+    submit() ──> admission queue ──> active streams ──> step(): schedule → run → postprocess
                  (bounded)           (<= max_streams)
 
-Each tick the engine (1) applies the callers' controls (new text, cancel, pause),
-(2) lists what each stream's stages could do as `Work`, (3) lets the
-`Scheduler` order it into batches, and (4) runs each batch as one model call,
-emitting audio as soon as the decode stage makes it. Model compute never runs
-on the caller's (asyncio) thread. A failure inside one stream's work ends only
-that stream (StreamDone reason "error", code "internal").
+Each tick (`step`) the engine applies the callers' controls (new text, cancel,
+pause), asks every stage what it could do for every stream (`Stage.work`, plain
+data), lets the `Scheduler` group that into batches, runs each batch as one
+stage action over all its streams (`Stage.run`: one model call whatever the
+number of streams), then emits the audio the decode stage published and ends
+the streams that are complete. Model compute never runs on the caller's
+(asyncio) thread. A failure inside one stream's work ends only that stream
+(StreamDone reason "error", code "internal"); a failing batched call is retried
+row by row so the others go on.
 """
 
 from __future__ import annotations
