@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N, mps (default auto)")
     model.add_argument("--dtype", default=d.dtype, help="auto, float32, float16, bfloat16 (default auto)")
     model.add_argument("--codec", default=d.codec, help="pretrained, random, or a saved codec file")
+    model.add_argument("--codec-dtype", default=d.codec_dtype,
+                       help="EnCodec precision: auto (= fp32), fp32, fp16, bf16 (default auto; see README for "
+                            "the measured SNR of each)")
+    model.add_argument("--cuda-graphs", action="store_true",
+                       help="capture the semantic and coarse decode steps as CUDA graphs before the port opens "
+                            "(GPU only; default off)")
     model.add_argument("--tokenizer", default=None, help="directory with vocab.txt, or a hub repo id")
     model.add_argument("--voices", type=Path, default=None, metavar="DIR", help="directory of voice presets")
     model.add_argument("--default-voice", default=None, help="voice for requests that name none")
@@ -115,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError(str(exc).replace("Limits.", "--").replace("_", "-")) from None
     return ServerConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
-        codec=args.codec, tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
+        codec=args.codec, codec_dtype=args.codec_dtype, cuda_graphs=args.cuda_graphs, tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
         offline=args.offline, max_streams=args.max_streams, max_queue=args.max_queue,
         max_connections=args.max_connections, limits=limits, send_queue_frames=args.send_queue_frames,
         compression=args.compression, max_messages_per_s=args.max_messages_per_s,

@@ -52,10 +52,12 @@ def create_engine(config: ServerConfig) -> Engine:
         device=config.device,
         dtype=config.dtype,
         codec=config.codec,
+        codec_dtype=config.codec_dtype,
         tokenizer=config.tokenizer,
         voices_dir=config.voices_dir,
         local_files_only=config.offline,
-        config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue),
+        config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
+                            cuda_graphs=config.cuda_graphs),
     )
 
 

@@ -40,7 +40,9 @@ class ServerConfig:
     model: str = "bark-small"  # bark-small | bark | hf:<repo> | a local directory | random-tiny|small|large
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | float16 | bfloat16
-    codec: str = "pretrained"  # pretrained | random | path to a saved codec state
+    codec: str = "pretrained"  # pretrained | random | random-tiny | path to a saved codec state
+    codec_dtype: str = "auto"  # auto (fp32) | fp32 | fp16 | bf16: the EnCodec decoder's precision
+    cuda_graphs: bool = False  # capture the decode steps as CUDA graphs at start (GPU only)
     tokenizer: str | None = None  # local dir with vocab.txt, or a hub repo; None = bert-base-multilingual-cased
     voices_dir: Path | None = None  # directory of voice presets (Suno or transformers layout)
     default_voice: str | None = None  # voice for requests that name none; None = no voice prompt

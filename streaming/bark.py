@@ -29,6 +29,7 @@ from .constants import (
     N_FINE_CODEBOOKS,
     SEMANTIC_VOCAB_SIZE,
 )
+from .devices import upload
 from .models.bundle import BarkModels
 from .models.fine_gpt import FineGPT
 from .params import SamplingParams
@@ -79,7 +80,7 @@ def coarse_step(logits: torch.Tensor, n_steps: list[int], params: list[SamplingP
     offset into the model vocabulary.
     """
     B = logits.shape[0]
-    book = torch.tensor([n % N_COARSE_CODEBOOKS for n in n_steps], device=logits.device)
+    book = upload([n % N_COARSE_CODEBOOKS for n in n_steps], logits.device)
     own = logits.view(B, N_COARSE_CODEBOOKS, CODEBOOK_SIZE)[torch.arange(B, device=logits.device), book]
     rows = [RowSampling(p.coarse_temp, p.semantic_top_k, p.top_p) for p in params]
     codes, _ = sample_rows(own, rows, rngs)
@@ -111,22 +112,22 @@ def fine_predict(
     counts = ends - starts
     rows = np.repeat(np.arange(B), counts)  # every filled position, row by row
     cols = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-    at = (torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device))
+    at = (upload(rows, device), upload(cols, device))
     mask = None
     if ends.min() < T:
-        mask = (torch.arange(T, device=device)[None] < torch.from_numpy(ends).to(device)[:, None])[:, None, None, :]
+        mask = (torch.arange(T, device=device)[None] < upload(ends, device)[:, None])[:, None, None, :]
     sampled_rows = [b for b, t in enumerate(temps) if t is not None]
     if sampled_rows:
         pick_at = np.isin(rows, sampled_rows)  # filled positions of sampled rows
-        sel = torch.from_numpy(np.flatnonzero(pick_at)).to(device)
-        temp_t = torch.tensor([temps[b] for b in rows[pick_at]], device=device)[:, None]
+        sel = upload(np.flatnonzero(pick_at), device)
+        temp_t = upload([temps[b] for b in rows[pick_at]], device)[:, None]
         sampled_rngs, sampled_counts = [rngs[b] for b in sampled_rows], [int(counts[b]) for b in sampled_rows]
     for cb in range(n_given, N_FINE_CODEBOOKS):
         logits = model(cb, windows, mask, at)[:, :CODEBOOK_SIZE]  # [N, 1024]
         preds = torch.argmax(logits, dim=-1)  # [N]
         if sampled_rows:
             probs = torch.softmax(logits[sel].float() / temp_t, dim=-1)
-            u = torch.from_numpy(uniforms(sampled_rngs, sampled_counts)).to(device)
+            u = upload(uniforms(sampled_rngs, sampled_counts), device)
             preds = preds.index_copy(0, sel, pick(probs, u))
         windows[at + (cb,)] = preds
 

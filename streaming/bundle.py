@@ -21,6 +21,7 @@ def load_engine(
     device: str = "auto",
     dtype: str = "auto",
     codec: str = "pretrained",
+    codec_dtype: str = "auto",
     tokenizer: str | Path | None = None,
     voices_dir: str | Path | None = None,
     config: EngineConfig | None = None,
@@ -29,13 +30,14 @@ def load_engine(
 ) -> Engine:
     """Models + codec + tokenizer -> an Engine (not started).
 
-    `codec` is "pretrained", "random" or a state-dict path; `tokenizer` a local
-    directory with vocab.txt or a hub repo (default bert-base-multilingual-cased).
+    `codec` is "pretrained", "random" or a state-dict path, decoded in `codec_dtype`
+    ("auto" = fp32: half precision is opt-in, see codec.CODEC_DTYPES); `tokenizer` a
+    local directory with vocab.txt or a hub repo (default bert-base-multilingual-cased).
     """
     if threads:
         torch.set_num_threads(threads)
     models = load_models(model, device=device, dtype=dtype, local_files_only=local_files_only)
-    codec_model = load_codec(codec, device=models.device)
+    codec_model = load_codec(codec, device=models.device, dtype=codec_dtype)
     tok = load_tokenizer(tokenizer, local_files_only=local_files_only)
     return Engine(models, codec_model, tok, config or EngineConfig(),
                   voices_dir=None if voices_dir is None else Path(voices_dir))

@@ -77,6 +77,8 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     idle_wait_s: float = 0.05  # how long an idle engine sleeps between checks
     threads: int | None = None  # torch intra-op threads of the engine thread; None = compute_threads()
+    static_shapes: bool = False  # decode steps at bucketed static shapes (what CUDA graphs need; CPU tests it)
+    cuda_graphs: bool = False  # capture the semantic and coarse decode steps as CUDA graphs at start (GPU only)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -104,8 +106,9 @@ class Engine:
         self.voices_dir = voices_dir
         self.model_name = models.name
         n = self.config.max_streams
-        self.semantic = SemanticStage(models.text, n)
-        self.coarse = CoarseStage(models.coarse, n)
+        static = dict(static=self.config.static_shapes, graphs=self.config.cuda_graphs)
+        self.semantic = SemanticStage(models.text, n, **static)
+        self.coarse = CoarseStage(models.coarse, n, **static)
         self.fine = FineStage(models)
         self.decode = DecodeStage(codec, self.config.decoder, self.config.chunks)
         self.stages: list[Stage] = [self.semantic, self.coarse, self.fine, self.decode]  # pipeline order
@@ -134,10 +137,13 @@ class Engine:
 
     def start(self) -> float:
         """Start the engine thread and warm it up; returns the warm-up seconds (blocks)."""
+        t0 = time.perf_counter()
+        graphs = sum(stage.static.capture() for stage in (self.semantic, self.coarse) if stage.static is not None)
+        if graphs:
+            logger.info("captured %d CUDA graphs in %.2f s", graphs, time.perf_counter() - t0)
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="bark-engine", daemon=True)
             self._thread.start()
-        t0 = time.perf_counter()
         warm = SpeechRequest(text="Hello.", sampling=SamplingParams(greedy=True, max_semantic_tokens=8),
                              request_id="warmup")
         for event in self.submit(warm).events(timeout=600):

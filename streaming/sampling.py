@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import upload
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -96,12 +98,12 @@ def filter_logits(logits: torch.Tensor, top_k: list[int | None], top_p: list[flo
     if any(p is not None for p in top_p):
         sorted_x, order = torch.sort(x, dim=-1, descending=True, stable=True)
         cumulative = torch.cumsum(F.softmax(sorted_x, dim=-1), dim=-1)
-        p = torch.tensor([float("inf") if q is None else q for q in top_p], device=x.device)
+        p = upload([float("inf") if q is None else q for q in top_p], x.device)
         remove = cumulative > p[:, None]
         remove = torch.cat([torch.zeros_like(remove[:, :1]), remove[:, :-1]], dim=1)  # keep the crossing token
         x = x.scatter(1, order, sorted_x.masked_fill(remove, float("-inf")))
     if any(k is not None for k in top_k):
-        k = torch.tensor([V if q is None else min(q, V) for q in top_k], device=x.device)
+        k = upload([V if q is None else min(q, V) for q in top_k], x.device)
         kth = torch.sort(x, dim=-1, descending=True).values.gather(1, (k - 1)[:, None])  # [B, 1]
         x = x.masked_fill(x < kth, float("-inf"))
     return x
@@ -129,12 +131,12 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampling], rngs: list[Stream
     last_p = (tokens == V - 1).to(torch.float32)
     sampled = [i for i, r in enumerate(rows) if not r.greedy]
     if sampled:
-        sel = torch.tensor(sampled, device=x.device)
+        sel = upload(sampled, x.device)
         sub = [rows[i] for i in sampled]
         filtered = filter_logits(x[sel], [r.top_k for r in sub], [r.top_p for r in sub])
-        temps = torch.tensor([r.temp for r in sub], device=x.device)
+        temps = upload([r.temp for r in sub], x.device)
         probs = F.softmax(filtered / temps[:, None], dim=-1)
-        u = torch.from_numpy(uniforms([rngs[i] for i in sampled], [1] * len(sampled))).to(x.device)
+        u = upload(uniforms([rngs[i] for i in sampled], [1] * len(sampled)), x.device)
         tokens = tokens.index_copy(0, sel, pick(probs, u))
         last_p = last_p.index_copy(0, sel, probs[:, -1])
     both = torch.stack([tokens.to(torch.float64), last_p.to(torch.float64)]).cpu().numpy()

@@ -23,6 +23,7 @@ from streaming.bark import fine_predict
 from streaming.codec import StatefulDecoder, load_codec
 from streaming.codec_stateful import decode_together
 from streaming.errors import ConfigError
+from streaming.events import AudioChunk
 from streaming.params import SamplingParams
 from streaming.sampling import RowSampling, StreamRng, sample_rows, uniforms
 from streaming.stream import SpeechRequest
@@ -193,7 +194,7 @@ def test_decode_together_equals_solo_decodes(codec) -> None:
     rng = np.random.default_rng(2)
     codes = [rng.integers(0, 1024, (8, 80)) for _ in range(3)]
     firsts = [8, 24, 40]  # different histories
-    solo, together = [], []
+    solo = []
     for c, f in zip(codes, firsts):
         d = StatefulDecoder(codec)
         solo.append(np.concatenate([d.decode(c[:, :f]), d.decode(c[:, f:f + 16]), d.decode(c[:, f + 16:f + 20])]))
@@ -242,8 +243,6 @@ def test_sampled_streams_equal_solo_runs() -> None:
         ]]
         solo = [run(engine, r) for r in reqs]
         handles = [engine.submit(r) for r in reqs]
-        from engine_fixtures import AudioChunk, StreamDone  # noqa: F401 - re-exported event types
-
         for (audio, _, _, done), h in zip(solo, handles):
             events = list(h.events(timeout=120))
             done2 = events[-1]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import upload
 from .kv_cache import KVCache
 
 
@@ -106,8 +107,9 @@ class DecodeIndex:
 
     @staticmethod
     def build(slots: list[int], positions: list[int], device: torch.device) -> "DecodeIndex":
-        slot_t = torch.tensor(slots, device=device)
-        pos_t = torch.tensor(positions, device=device)
+        """Exactly the lengths this step needs (dynamic shapes)."""
+        slot_t = upload(slots, device)
+        pos_t = upload(positions, device)
         length = max(positions) + 1
         contiguous = all(b == a + 1 for a, b in zip(slots, slots[1:]))
         window = slice(slots[0], slots[-1] + 1) if contiguous else None
@@ -115,6 +117,13 @@ class DecodeIndex:
         if min(positions) + 1 != length:
             mask = (torch.arange(length, device=device)[None, :] <= pos_t[:, None])[:, None, None, :]
         return DecodeIndex(slot_t, pos_t, length, window, mask)
+
+    @staticmethod
+    def static(slot_t: torch.Tensor, pos_t: torch.Tensor, length: int) -> "DecodeIndex":
+        """Fixed shapes for a captured step: rows gather their slots, every row reads `length` positions
+        with a mask computed on the device from `pos_t` (the step's own op, so a CUDA graph replays it)."""
+        mask = (torch.arange(length, device=pos_t.device)[None, :] <= pos_t[:, None])[:, None, None, :]
+        return DecodeIndex(slot_t, pos_t, length, None, mask)
 
 
 def merge_heads(t: torch.Tensor) -> torch.Tensor:
@@ -249,13 +258,13 @@ class GPT(nn.Module):
         lengths = lengths or [T] * len(slots)
         pos = torch.arange(T, device=idx.device)
         x = tok + self.transformer.wpe(pos)[None]  # [B, T', C]
-        slot_t = torch.tensor(slots, device=idx.device)
+        slot_t = upload(slots, idx.device)
         for layer, block in enumerate(self.transformer.h):
             x = x + block.attn.prefill(block.ln_1(x), cache, layer, slot_t)
             x = x + block.mlp(block.ln_2(x))
         for s, n in zip(slots, lengths):
             cache.lengths[s] = n
-        last = None if min(lengths) == T else torch.tensor(lengths, device=idx.device) - 1
+        last = None if min(lengths) == T else upload(lengths, idx.device) - 1
         return self.head(x, rows, last)
 
     @torch.inference_mode()
@@ -269,11 +278,17 @@ class GPT(nn.Module):
         """
         positions = [cache.lengths[s] for s in slots]
         assert max(positions) < cache.max_len, "a stream ran past the end of its KV cache slot"
-        index = DecodeIndex.build(slots, positions, tokens.device)
+        logits = self.decode_at(tokens, cache, DecodeIndex.build(slots, positions, tokens.device), rows)
+        for s in slots:
+            cache.lengths[s] += 1
+        return logits
+
+    @torch.inference_mode()
+    def decode_at(self, tokens: torch.Tensor, cache: KVCache, index: DecodeIndex,
+                  rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The step itself, on tensors only (no host values, no cache bookkeeping): what a CUDA graph captures."""
         x = self.transformer.wte(tokens[:, None]) + self.transformer.wpe(index.positions)[:, None]  # [B, 1, C]
         for layer, block in enumerate(self.transformer.h):
             x = x + block.attn.decode(block.ln_1(x), cache, layer, index)
             x = x + block.mlp(block.ln_2(x))
-        for s in slots:
-            cache.lengths[s] += 1
         return self.head(x, rows)

@@ -19,11 +19,12 @@ offline Bark would not take. Each token is published to `segment.coarse` at once
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..bark import coarse_step
 from ..constants import COARSE_SEMANTIC_WINDOW, COARSE_WINDOW_LEN, MAX_COARSE_HISTORY, SEMANTIC_TO_COARSE_RATIO
+from ..devices import upload
 from ..models.gpt import GPT
+from ..models.static_step import StaticDecoder
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import (
     COARSE_HEAD_ROWS,
@@ -80,15 +81,21 @@ def prompt_length(seg: Segment) -> int:
     return COARSE_SEMANTIC_WINDOW + 1 + min(MAX_COARSE_HISTORY, len(st.coarse_hist) + len(seg.coarse))
 
 
+ROWS = COARSE_HEAD_ROWS  # the coarse step needs only the two coarse codebooks' logits
+
+
 class CoarseStage:
     """Owns the coarse model's KV cache; opens windows and steps batches."""
 
     name = "coarse"
     model_actions = frozenset({"prefill", "step"})
 
-    def __init__(self, model: GPT, n_slots: int) -> None:
+    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False) -> None:
         self.model = model
-        self.cache = model.new_cache(n_slots)
+        self.cache = model.new_cache(n_slots + 1 if (static or graphs) else n_slots)
+        self.static = None  # steps at bucketed static shapes (CUDA graphs on GPUs): models/static_step.py
+        if static or graphs:
+            self.static = StaticDecoder(model, self.cache, self.cache.allocate(), ROWS, graphs=graphs)
 
     def free_slots(self) -> int:
         return self.cache.n_free
@@ -123,13 +130,16 @@ class CoarseStage:
             idx = np.zeros((len(prompts), max(lengths)), dtype=np.int64)  # right padding, never attended to
             for row, p in zip(idx, prompts):
                 row[: len(p)] = p
-            logits = self.model.prefill(torch.as_tensor(idx, device=device), self.cache, [s.co.slot for s in segs],
+            logits = self.model.prefill(upload(idx, device), self.cache, [s.co.slot for s in segs],
                                         rows=COARSE_HEAD_ROWS, lengths=lengths)  # [B, 2048]
         else:  # feed each segment's pending token
             order = by_slot([s.co.slot for s in segs])
             segs, params = [segs[i] for i in order], [params[i] for i in order]
-            tokens = torch.tensor([s.co.pending for s in segs], device=device)
-            logits = self.model.decode(tokens, self.cache, [s.co.slot for s in segs], rows=COARSE_HEAD_ROWS)
+            pending, slots = [s.co.pending for s in segs], [s.co.slot for s in segs]
+            if self.static is not None:
+                logits = self.static(pending, slots)
+            else:
+                logits = self.model.decode(upload(pending, device), self.cache, slots, rows=COARSE_HEAD_ROWS)
         tokens = coarse_step(logits, [s.co.n_step for s in segs], params, [s.generator for s in segs])
         for_each_row(list(zip(segs, tokens.tolist())), self._accept_row)
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..constants import FINE_PAD_TOKEN, N_COARSE_CODEBOOKS, N_FINE_CODEBOOKS
 from ..bark import fine_predict, generate_fine
+from ..devices import upload
 from ..models.bundle import BarkModels
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import fine_history, unflatten_coarse
@@ -140,7 +140,7 @@ class FineStage:
         stacked = np.full((len(inputs), max(lengths), N_FINE_CODEBOOKS), FINE_PAD_TOKEN, dtype=np.int64)
         for row, x in zip(stacked, inputs):
             row[: len(x)] = x
-        x = torch.tensor(stacked, device=device)  # a copy: `inputs` stay the model input
+        x = upload(stacked, device)  # a copy: `inputs` stay the model input
         fine_predict(self.models.fine, x, [w.left for _, w in batch], N_COARSE_CODEBOOKS,
                      [p.fine_temperature for p in params], [seg.generator for seg, _ in batch], lengths=lengths)
         out = x.cpu().numpy()

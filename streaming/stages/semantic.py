@@ -9,16 +9,18 @@ advances all running streams in one model call.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..bark import semantic_cap, semantic_step
 from ..constants import COARSE_WINDOW_LEN, SEMANTIC_PROMPT_LEN
+from ..devices import upload
 from ..models.gpt import GPT
+from ..models.static_step import StaticDecoder
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import coarse_window_semantic_span, semantic_prompt
 from ..segment import Segment, for_each_row
 from .base import StageWork, by_slot
 
+ROWS = None  # the text model's whole head (semantic tokens + EOS are read from it)
 SEMANTIC_LEAD = 8  # semantic tokens (~0.16 s of speech) kept ready beyond the next coarse window's needs
 
 
@@ -43,9 +45,12 @@ class SemanticStage:
     name = "semantic"
     model_actions = frozenset({"prefill", "step"})
 
-    def __init__(self, model: GPT, n_slots: int) -> None:
+    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False) -> None:
         self.model = model
-        self.cache = model.new_cache(n_slots)
+        self.cache = model.new_cache(n_slots + 1 if (static or graphs) else n_slots)
+        self.static = None  # steps at bucketed static shapes (CUDA graphs on GPUs): models/static_step.py
+        if static or graphs:
+            self.static = StaticDecoder(model, self.cache, self.cache.allocate(), ROWS, graphs=graphs)
 
     def free_slots(self) -> int:
         return self.cache.n_free
@@ -65,13 +70,16 @@ class SemanticStage:
                     seg.sem.slot = self.cache.allocate()
             prompts = np.stack([semantic_prompt(s.text_ids, None if s.voice is None else s.voice.semantic)
                                 for s in segs])
-            logits = self.model.prefill(torch.as_tensor(prompts, device=device), self.cache,
+            logits = self.model.prefill(upload(prompts, device), self.cache,
                                         [s.sem.slot for s in segs], merge_context=True)  # [B, V]
         else:  # feed each segment's pending token
             order = by_slot([s.sem.slot for s in segs])
             segs, params = [segs[i] for i in order], [params[i] for i in order]
-            tokens = torch.tensor([s.sem.pending for s in segs], device=device)
-            logits = self.model.decode(tokens, self.cache, [s.sem.slot for s in segs])  # [B, V]
+            pending, slots = [s.sem.pending for s in segs], [s.sem.slot for s in segs]
+            if self.static is not None:
+                logits = self.static(pending, slots)
+            else:
+                logits = self.model.decode(upload(pending, device), self.cache, slots)  # [B, V]
         tokens, ended = semantic_step(logits, params, [s.generator for s in segs])
         for_each_row(list(zip(segs, params, tokens.tolist(), ended.tolist())), self._accept_row)
 
