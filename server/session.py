@@ -263,12 +263,16 @@ class Session:
             req.handle.cancel()
         elif req.failure is None:
             try:
-                self._apply(req, msg)
+                await self._apply(req, msg)
             except ProtocolError as exc:
                 self._fail(req, exc)
 
-    def _apply(self, req: RequestState, msg: Text | Flush | End) -> None:
-        """Feed a start request its text, flush or end; ProtocolError if the request cannot take it."""
+    async def _apply(self, req: RequestState, msg: Text | Flush | End) -> None:
+        """Feed a start request its text, flush or end; ProtocolError if the request cannot take it.
+
+        The handle segments and tokenises what it is given, so it runs in a worker thread:
+        neither the event loop nor the engine thread does work sized by a client's text.
+        """
         if req.kind != "start":
             raise ProtocolError("bad_field", f"type: {msg.TYPE} applies only to requests opened with start; "
                                 f"{req.id!r} was opened with {req.kind}", id=req.id)
@@ -278,12 +282,12 @@ class Session:
             if isinstance(msg, Text):
                 req.chars += len(msg.text)
                 check_request_chars(req.id, req.chars, self._limits)
-                req.handle.feed(msg.text)
+                await asyncio.to_thread(req.handle.feed, msg.text)
             elif isinstance(msg, Flush):
-                req.handle.flush()
+                await asyncio.to_thread(req.handle.flush)
             else:
                 req.ended = True
-                req.handle.end()
+                await asyncio.to_thread(req.handle.end)
         except TextError as exc:
             raise ProtocolError("bad_field", f"text: {exc}", id=req.id) from None
 
@@ -311,13 +315,16 @@ class Session:
         speech = SpeechRequest(text=msg.text if isinstance(msg, Speak) else None, voice=voice,
                                sampling=msg.sampling, policy=msg.policy, request_id=f"{self.conn_id}/{msg.id}")
         try:
-            handle = self._ctx.engine.submit(speech, loop=asyncio.get_running_loop())
+            handle = await asyncio.to_thread(self._ctx.engine.submit, speech, loop=asyncio.get_running_loop())
         except EngineOverloaded as exc:
             raise ProtocolError("overloaded", f"the server is full ({cfg.max_streams} streams and "
                                 f"{cfg.max_queue} queued); retry after {exc.retry_after_ms} ms",
                                 id=msg.id, retry_after_ms=int(exc.retry_after_ms)) from None
         except TextError as exc:
             raise ProtocolError("bad_field", f"text: {exc}", id=msg.id) from None
+        if self._closing:  # the connection went away while the text was being prepared
+            handle.cancel()
+            return
         req = RequestState(msg.id, msg.TYPE, msg.encoding, handle)
         self._requests[msg.id] = req
         self._ctx.metrics.requests_total += 1

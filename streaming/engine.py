@@ -44,7 +44,8 @@ from .stages.decode import DecodeStage
 from .stages.fine import FineStage
 from .stages.semantic import SemanticStage
 from .stream import SegmentVoice, SpeechRequest, Stream, StreamHandle
-from .text import normalize_whitespace, segment_text, split_sentences
+from .text import normalize_whitespace
+from .textprep import PreparedSegment, TextPrep
 from .threads import compute_threads
 
 logger = logging.getLogger(__name__)
@@ -154,9 +155,15 @@ class Engine:
         return seconds
 
     def submit(self, request: SpeechRequest, *, loop: asyncio.AbstractEventLoop | None = None) -> StreamHandle:
-        """Queue a request; returns its handle. Raises TextError, EngineOverloaded."""
+        """Queue a request; returns its handle. Raises TextError, EngineOverloaded.
+
+        A whole text is segmented and tokenised here, in the calling thread (servers call
+        this from a worker thread): the engine thread never does work sized by the caller.
+        """
         if request.text is not None and not normalize_whitespace(request.text):
             raise TextError("text: is empty")
+        prep = TextPrep(self.tokenizer)
+        prepared = prep.whole(request.text) if request.text is not None else []
         if self._dead is not None or self._stopping:
             raise EngineOverloaded("engine: not accepting requests (stopped or failed)", retry_after_ms=5000)
         with self._wake:
@@ -165,7 +172,8 @@ class Engine:
                     f"engine: admission queue is full ({self.config.max_queue} waiting)",
                     retry_after_ms=self._retry_after_ms())
             self._next_id += 1
-            handle = StreamHandle(self._next_id, request, self._wake, loop)
+            handle = StreamHandle(self._next_id, request, self._wake, loop, prep)
+            handle.ready = prepared
             stream = Stream(handle=handle, submitted=time.perf_counter(), overlap=self.config.segment_overlap)
             self._queue.append(stream)
             self._wake.notify()
@@ -197,8 +205,8 @@ class Engine:
                         self._admit()
                         streams = list(self._active.values())
                     if not self.step(streams):
-                        with self._wake:
-                            if not self._queue and not self._stopping:
+                        with self._wake:  # submit() and every control notify: new work wakes it at once
+                            if not self._stopping:
                                 self._wake.wait(self.config.idle_wait_s)
         except BaseException as exc:  # the engine itself broke: nothing can continue
             self._dead = exc
@@ -223,57 +231,44 @@ class Engine:
         return True
 
     def _admit(self) -> None:
+        """Move queued streams into the active set, first come first served, but only streams with
+        something to do: a piecewise request whose text has not arrived yet holds no slot."""
+        waiting: list[Stream] = []
         while self._queue and len(self._active) < self.config.max_streams:
             stream = self._queue.popleft()
+            h = stream.handle
+            if not (h.ready or h.text_ended or h.cancelled):
+                waiting.append(stream)
+                continue
             stream.admitted = time.perf_counter()
             stream.stats.queued_s = stream.admitted - stream.submitted
             self._active[stream.id] = stream
+        self._queue.extendleft(reversed(waiting))
 
     # ------------------------------------------------------------- text & controls
     def _apply_controls(self, streams: list[Stream]) -> None:
+        """Take each stream's cancel flag and the segments its caller prepared (no text work here)."""
         for stream in streams:
             h = stream.handle
             with h._lock:
-                cancelled, pieces, flush, ended = h.cancelled, h.pending_text, h.flush_requested, h.text_ended
-                h.pending_text, h.flush_requested = [], False
+                cancelled, ready, ended = h.cancelled, h.ready, h.text_ended
+                h.ready = []
             if cancelled:
                 self._end(stream, "cancelled")
                 continue
             try:
-                self._take_text(stream, "".join(pieces), flush, ended)
+                for prepared in ready:
+                    self._add_segment(stream, prepared)
+                stream.text_done = ended
             except Exception as exc:
                 self._fail(stream, exc)
 
-    def _take_text(self, stream: Stream, new_text: str, flush: bool, ended: bool) -> None:
-        req = stream.request
-        if req.text is not None:
-            if not stream.segments and not stream.text_done:
-                self._add_segments(stream, req.text)
-                stream.text_done = True
-            return
-        stream.text_buffer += new_text
-        if flush or ended:
-            if normalize_whitespace(stream.text_buffer):
-                self._add_segments(stream, stream.text_buffer)
-            stream.text_buffer = ""
-        else:
-            sentences = split_sentences(stream.text_buffer)
-            if len(sentences) > 1:  # all but the last are complete
-                self._add_segments(stream, " ".join(sentences[:-1]))
-                trailing = " " if stream.text_buffer[-1:].isspace() else ""  # "How " + "are" != "Howare"
-                stream.text_buffer = sentences[-1] + trailing
-        stream.text_done = ended
-
-    def _add_segments(self, stream: Stream, text: str) -> None:
-        first = not stream.segments
-        pieces = segment_text(text, self.tokenizer.count, first_clause=first)
-        seed = stream.request.sampling.seed
-        for piece in pieces:
-            index = len(stream.segments)
-            first = SegmentVoice(stream.segments[0]) if stream.segments else None
-            voice = segment_history(stream.request.voice, first, index)
-            gen = make_generator(segment_seed(seed, index))
-            stream.segments.append(Segment(index, piece, self.tokenizer.encode(piece), voice, gen))
+    def _add_segment(self, stream: Stream, prepared: PreparedSegment) -> None:
+        index = len(stream.segments)
+        first = SegmentVoice(stream.segments[0]) if stream.segments else None
+        voice = segment_history(stream.request.voice, first, index)
+        gen = make_generator(segment_seed(stream.request.sampling.seed, index))
+        stream.segments.append(Segment(index, prepared.text, prepared.token_ids, voice, gen))
 
     # ------------------------------------------------------------------- planning
     def _work(self, streams: list[Stream]) -> list[Work]:

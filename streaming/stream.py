@@ -23,6 +23,7 @@ from .errors import TextError
 from .events import AudioChunk, Event, SegmentSpan, StreamDone, StreamStats
 from .params import SamplingParams, StreamPolicy
 from .segment import Segment
+from .textprep import PreparedSegment, TextPrep
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class StreamHandle:
     """The caller's end of a stream: send text and controls, receive events."""
 
     def __init__(self, stream_id: int, request: SpeechRequest, wake: threading.Condition,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, prep: TextPrep | None = None) -> None:
         self.id = stream_id
         self.request = request
         self._wake = wake
@@ -55,8 +56,9 @@ class StreamHandle:
         self._loop = loop
         self._aqueue: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self._queue: queue.Queue[Event] = queue.Queue()
-        self.pending_text: list[str] = []  # fed, not yet taken by the engine
-        self.flush_requested = False
+        self._prep = prep  # segments text in the calling thread (None: the handle takes no text)
+        self._text_lock = threading.Lock()  # one feed/flush/end at a time, in order
+        self.ready: list[PreparedSegment] = []  # segmented, not yet taken by the engine
         self.text_ended = request.text is not None
         self.cancelled = False
         self.paused = False
@@ -70,20 +72,35 @@ class StreamHandle:
             self._wake.notify()
 
     def feed(self, text: str) -> None:
-        """Append text to a piecewise request."""
+        """Append text to a piecewise request (segments complete sentences in the calling thread)."""
         if not isinstance(text, str):
             raise TextError(f"text: expected a string, got {type(text).__name__}")
-        if self.text_ended:
-            raise TextError("text: this request's text has already ended")
-        self._control(lambda: self.pending_text.append(text))
+        with self._text_lock:
+            if self.text_ended:
+                raise TextError("text: this request's text has already ended")
+            pieces = self._prep.feed(text) if self._prep is not None else []
+            if pieces:
+                self._control(lambda: self.ready.extend(pieces))
 
     def flush(self) -> None:
         """Synthesise what is buffered now, even mid-sentence."""
-        self._control(lambda: setattr(self, "flush_requested", True))
+        with self._text_lock:
+            pieces = self._prep.flush() if self._prep is not None and not self.text_ended else []
+            if pieces:
+                self._control(lambda: self.ready.extend(pieces))
 
     def end(self) -> None:
         """No more text: finish what is buffered, then end the stream."""
-        self._control(lambda: setattr(self, "text_ended", True))
+        with self._text_lock:
+            if self.text_ended:
+                return
+            pieces = self._prep.flush() if self._prep is not None else []
+
+            def close() -> None:
+                self.ready.extend(pieces)
+                self.text_ended = True
+
+            self._control(close)
 
     def cancel(self) -> None:
         """Stop at once (idempotent). The stream ends with reason 'cancelled'."""
@@ -151,7 +168,6 @@ class Stream:
     handle: StreamHandle
     submitted: float  # time.perf_counter() at submit
     segments: list[Segment] = field(default_factory=list)
-    text_buffer: str = ""  # piecewise text not yet cut into segments
     text_done: bool = False  # no more segments will be added
     admitted: float | None = None
     emitted: int = 0  # samples handed out

@@ -165,11 +165,27 @@ def _word_spans(text: str, span: Span) -> list[Span]:
 
 
 def _hard_split(text: str, span: Span, fits: Callable[[str], bool]) -> list[Span]:
-    """Split a span that has no usable boundary into the longest fitting character prefixes."""
+    """Split a span that has no usable boundary into the longest fitting character prefixes.
+
+    Each prefix is found by galloping (try 16, 32, 64, ... characters until one does not
+    fit) and then bisecting between the last fit and the first miss, so each `fits` call
+    reads at most about twice the piece it finds: linear in the span overall, however long
+    the span is (a bisection over the whole remaining span was quadratic).
+    """
     pieces: list[Span] = []
     start, end = span
     while start < end:
-        low, high = start + 1, end  # the longest fitting prefix ends in [low, high]; one char always goes
+        good, step = start + 1, 16  # one character always goes
+        bad = end + 1
+        while good < end:
+            probe = min(end, start + step)
+            if fits(text[start:probe]):
+                good = probe
+                step *= 2
+            else:
+                bad = probe
+                break
+        low, high = good, min(bad - 1, end)  # the longest fitting prefix ends in [low, high]
         while low < high:
             middle = (low + high + 1) // 2
             low, high = (middle, high) if fits(text[start:middle]) else (low, middle - 1)

@@ -90,18 +90,39 @@ def test_admission_beyond_capacity_queues(parts):
     """With one stream slot, later requests queue and all complete; past max_queue submit raises overloaded."""
     eng = make_engine(parts, max_streams=1, max_queue=2)
     try:
-        holder = eng.submit(SpeechRequest(text=None))  # piecewise, no text yet: holds the only slot
+        holder = eng.submit(SpeechRequest(text=None, sampling=SamplingParams(greedy=True, max_semantic_tokens=10)))
+        holder.feed("I hold the slot.")
+        holder.flush()  # it has text and has not ended: it holds the only slot
         assert wait_until(lambda: eng.snapshot().active == 1)
         handles = [eng.submit(req(f"Request number {i}.", 10)) for i in range(2)]
         assert eng.snapshot().queued == 2
         with pytest.raises(EngineOverloaded) as info:
             eng.submit(req("One too many.", 10))
         assert info.value.retry_after_ms > 0
-        holder.feed("Now I speak.")
         holder.end()
         dones = [collect(h)[1] for h in [holder, *handles]]
         assert [d.reason for d in dones] == ["end"] * 3
         assert dones[2].stats.queued_s > 0
+    finally:
+        eng.stop()
+
+
+def test_requests_without_text_hold_no_slot(parts):
+    """Piecewise requests that sent no text yet wait outside the active set: with every slot's worth of them
+    open, a request with text still runs at once; they are admitted when their text comes."""
+    eng = make_engine(parts, max_streams=2, max_queue=8)
+    try:
+        idle = [eng.submit(SpeechRequest(text=None, sampling=SamplingParams(greedy=True, max_semantic_tokens=8)))
+                for _ in range(4)]
+        busy = eng.submit(req("I have text.", 10))
+        audio, done = collect(busy)
+        assert done.reason == "end" and len(audio) > 0
+        snap = eng.snapshot()
+        assert snap.active == 0 and snap.queued == 4
+        for h in idle:
+            h.feed("Now I speak.")
+            h.end()
+        assert [collect(h)[1].reason for h in idle] == ["end"] * 4
     finally:
         eng.stop()
 

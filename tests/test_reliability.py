@@ -278,6 +278,8 @@ def test_engine_death_closes_1011_and_healthz_503() -> None:
         async def go() -> tuple[tuple[int | None, str], RawClient]:
             conn = await RawClient.connect(srv.url)
             await conn.send({"type": "start", "id": "open", "params": PARAMS})
+            await conn.send({"type": "text", "id": "open", "text": "Hello there."})
+            await conn.send({"type": "flush", "id": "open"})  # a request holds a slot once it has text
             await asyncio.to_thread(srv.wait_metric, "bark_active_streams", lambda v: v == 1)
 
             def boom(*a: Any, **kw: Any) -> Any:
@@ -305,11 +307,12 @@ def test_overload_refuses_with_retry_after_and_admitted_stream_keeps_going() -> 
         async def go() -> tuple[dict[str, Any], Any]:
             holder = await RawClient.connect(srv.url)
             await holder.send({"type": "start", "id": "hold", "params": PARAMS})
+            await holder.send({"type": "text", "id": "hold", "text": "Hello there."})
+            await holder.send({"type": "flush", "id": "hold"})  # text, not ended: it holds the only slot
             await asyncio.to_thread(srv.wait_metric, "bark_active_streams", lambda v: v == 1)
             other = await RawClient.connect(srv.url)
             await other.speak("late", "Hello there.")
             error = await other.next_error()
-            await holder.send({"type": "text", "id": "hold", "text": "Hello there."})
             await holder.send({"type": "end", "id": "hold"})
             result = (await holder.until_done("hold"))["hold"]
             await other.close()
