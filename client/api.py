@@ -347,6 +347,8 @@ class BarkStreamClient:
                 raise ConnectionLost(f"{self.url}: {item.reason} while request {req.id} was in flight")
             if isinstance(item, BaseException):
                 raise item
+            if item.get("type") == "error":  # refused at open (nothing to cancel) or ended by the server
+                req.done = True
             event = _to_event(req, item)
             if isinstance(event, Done):
                 req.done = True

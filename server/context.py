@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from streaming.engine import Engine, StreamHandle
-from streaming.errors import VoiceError, WeightsError
+from streaming.errors import ErrorCode, VoiceError, WeightsError
 from streaming.events import StreamDone
 from streaming.voices import Voice, load_voice
 
@@ -15,7 +15,6 @@ from .config import ServerConfig
 from .metrics import ServerMetrics
 from .protocol import ERROR_CODES, ProtocolError
 
-_ENGINE_CODES = {"bad_text": "bad_field"}  # engine error codes that have a protocol name of their own
 _VOICE_NAME = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # names only: clients never pass paths
 
 
@@ -62,9 +61,9 @@ def engine_failure(req_id: str, done: StreamDone | None) -> ProtocolError:
     """The `error` for a stream the engine ended with reason "error" (or that ended without `done`)."""
     if done is None:
         return ProtocolError("internal", "server error: the stream ended without a result", id=req_id)
-    code = _ENGINE_CODES.get(done.error_code or "", done.error_code or "internal")
-    if code not in ERROR_CODES or ERROR_CODES[code] is not None:
-        code = "internal"
+    code = done.error_code or ErrorCode.INTERNAL  # the engine speaks ErrorCode values
+    if code not in ERROR_CODES or ERROR_CODES[code] is not None:  # a connection-level code: not the engine's
+        code = ErrorCode.INTERNAL
     return ProtocolError(code, done.error or "the engine failed this request", id=req_id)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streaming.errors import ErrorCode
+
 # WebSocket close codes (RFC 6455, section 7.4.1).
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -16,28 +18,29 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
-# code -> close code when fatal by default, None when the connection continues.
+# code -> close code when fatal by default, None when the connection continues (codes: ErrorCode).
 ERROR_CODES: dict[str, int | None] = {
-    "bad_frame": None,  # not msgpack, trailing bytes, not a map, too deep, non-string key, ext type
-    "text_frame": CLOSE_UNSUPPORTED_DATA,  # a text frame instead of a binary one
-    "unknown_type": None,  # `type` is not a client message type
-    "missing_field": None,  # a required field is absent
-    "bad_field": None,  # a field has the wrong type or an invalid value
-    "unknown_field": None,  # a field (or params key) the message does not define
-    "text_too_long": None,  # text over max_text_chars / max_request_chars
-    "frame_too_large": CLOSE_MESSAGE_TOO_BIG,  # frame over max_frame_bytes
-    "unknown_voice": None,  # the server has no such voice
-    "bad_encoding": None,  # encoding is not one of ENCODINGS
-    "duplicate_id": None,  # speak/start with an id already in flight
-    "unknown_id": None,  # text/flush/end/cancel for an id not in flight
-    "too_many_ids": None,  # more than max_ids_in_flight requests at once
-    "rate_limited": None,  # this connection sends requests too fast
-    "overloaded": None,  # the server is full; `retry_after_ms` says when to retry
-    "slow_consumer": CLOSE_POLICY_VIOLATION,  # the client reads audio too slowly
-    "idle_timeout": CLOSE_POLICY_VIOLATION,  # no message for too long
-    "internal": None,  # a bug or engine failure in one request
-    "shutting_down": CLOSE_GOING_AWAY,  # the server is stopping
+    ErrorCode.BAD_FRAME: None,
+    ErrorCode.TEXT_FRAME: CLOSE_UNSUPPORTED_DATA,
+    ErrorCode.UNKNOWN_TYPE: None,
+    ErrorCode.MISSING_FIELD: None,
+    ErrorCode.BAD_FIELD: None,
+    ErrorCode.UNKNOWN_FIELD: None,
+    ErrorCode.TEXT_TOO_LONG: None,
+    ErrorCode.FRAME_TOO_LARGE: CLOSE_MESSAGE_TOO_BIG,
+    ErrorCode.UNKNOWN_VOICE: None,
+    ErrorCode.BAD_ENCODING: None,
+    ErrorCode.DUPLICATE_ID: None,
+    ErrorCode.UNKNOWN_ID: None,
+    ErrorCode.TOO_MANY_IDS: None,
+    ErrorCode.RATE_LIMITED: None,
+    ErrorCode.OVERLOADED: None,
+    ErrorCode.SLOW_CONSUMER: CLOSE_POLICY_VIOLATION,
+    ErrorCode.IDLE_TIMEOUT: CLOSE_POLICY_VIOLATION,
+    ErrorCode.INTERNAL: None,
+    ErrorCode.SHUTTING_DOWN: CLOSE_GOING_AWAY,
 }
+assert set(ERROR_CODES) == set(ErrorCode), "every ErrorCode needs its close rule"
 
 
 class ProtocolError(Exception):
@@ -61,7 +64,7 @@ class ProtocolError(Exception):
             raise ValueError(f"code: {code!r} is not one of {', '.join(ERROR_CODES)}")
         super().__init__(message)
         default_close = ERROR_CODES[code]
-        self.code = code
+        self.code = str(ErrorCode(code))  # the plain string, as on the wire
         self.message = message
         self.id = id
         self.fatal = default_close is not None if fatal is None else fatal

@@ -68,10 +68,11 @@ def _build(cls: type, kwargs: dict[str, Any]) -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        field, _, problem = str(exc).partition(":")
-        key = _WIRE_KEY.get((cls, field.strip()))
+        key = _WIRE_KEY.get((cls, exc.field or ""))
         if key is None:
             raise ProtocolError("bad_field", f"params: {exc}") from None
+        message = str(exc)
+        problem = message[len(exc.field) + 1:] if message.startswith(f"{exc.field}:") else f" {message}"
         raise ProtocolError("bad_field", f"params.{key}:{problem}") from None
 
 

@@ -31,7 +31,7 @@ import torch
 from .bark import segment_history, segment_seed
 from .codec import DEFAULT_DECODER, ChunkSchedule
 from .constants import SAMPLE_RATE
-from .errors import BarkStreamError, ConfigError, TextError
+from .errors import BarkStreamError, ConfigError, ErrorCode, TextError
 from .events import SegmentTokens, StreamDone
 from .models.bundle import BarkModels
 from .params import SamplingParams
@@ -212,7 +212,7 @@ class Engine:
             self._dead = exc
             logger.critical("engine thread died: %s", exc, exc_info=True)
         finally:
-            self._fail_all("internal" if self._dead else "shutting_down",
+            self._fail_all(ErrorCode.INTERNAL if self._dead else ErrorCode.SHUTTING_DOWN,
                            "engine failure" if self._dead else "engine stopped")
 
     def step(self, streams: list[Stream]) -> bool:
@@ -374,15 +374,15 @@ class Engine:
 
     def _fail(self, stream: Stream, exc: BaseException) -> None:
         if isinstance(exc, BarkStreamError):
-            code, message = "bad_request", str(exc)
+            code, message = exc.code, str(exc)
         else:
-            code, message = "internal", f"internal error: {type(exc).__name__}"
+            code, message = ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"
         logger.error("stream %d (%s) failed: %s", stream.id, stream.request.request_id, exc, exc_info=True)
-        self._end(stream, "error", code, message)
+        self._end(stream, "error", str(code), message)
 
-    def _fail_all(self, code: str, message: str) -> None:
+    def _fail_all(self, code: ErrorCode, message: str) -> None:
         with self._wake:
             streams = list(self._active.values()) + list(self._queue)
             self._queue.clear()
         for stream in streams:
-            self._end(stream, "error" if code == "internal" else "cancelled", code, message)
+            self._end(stream, "error" if code is ErrorCode.INTERNAL else "cancelled", str(code), message)

@@ -104,7 +104,8 @@ def test_wrong_model_name() -> None:
     ("top_k", 0, r"top_k: 0 is outside \[1, 12096\]"),
     ("top_k", 2.5, "top_k: expected an integer, got float"),
     ("top_p", 1.5, r"top_p: 1\.5 is outside"),
-    ("min_eos_p", -0.1, r"min_eos_p: -0\.1 is outside \[0\.0, 1\.0\]"),
+    ("min_eos_p", -0.1, r"min_eos_p: -0\.1 is outside \(0\.0, 1\.0\]"),
+    ("min_eos_p", 0.0, r"min_eos_p: 0\.0 is outside \(0\.0, 1\.0\]"),  # 0 would stop before any token
     ("seed", -1, "seed: -1 is outside"),
     ("max_semantic_tokens", 769, r"max_semantic_tokens: 769 is outside \[1, 768\]"),
     ("max_semantic_tokens", True, "max_semantic_tokens: expected an integer, got bool"),
