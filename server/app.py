@@ -14,6 +14,7 @@ engine thread dies; `engine_failed` tells `python -m server` to exit non-zero.
 from __future__ import annotations
 
 import asyncio
+import time
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ from streaming.threads import serial_main_thread
 from streaming.engine import Engine, EngineConfig
 from streaming.voices import list_presets
 
-from .auth import KeySet, origin_allowed, secret_free_logger
+from .auth import SERVER_LOGGERS, KeySet, RateLimitedWarning, origin_allowed, secret_free_logger
 from .config import ServerConfig
 from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -100,6 +101,7 @@ class BarkServer:
         )
         self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready))
         self._keys = KeySet(config.api_keys)
+        self._auth_warning = RateLimitedWarning(log)
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._sessions: dict[Session, asyncio.Task[None]] = {}  # open sessions -> their handler tasks
@@ -123,6 +125,8 @@ class BarkServer:
             ping_interval=None,  # the session watchdog pings: keepalive and audio acknowledgement in one
             open_timeout=cfg.open_timeout, close_timeout=cfg.close_timeout, logger=secret_free_logger(),
         )
+        for name in SERVER_LOGGERS:  # keys redacted and control characters escaped in every server log line
+            secret_free_logger(name)
         self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
         log.info("listening on ws://%s:%d%s (model %s, %s)", cfg.host, self.port, PATH, self.engine.model_name,
                  f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no authentication")
@@ -132,8 +136,7 @@ class BarkServer:
         seconds; then close every connection with 1012 (`shutting_down`). Call close() afterwards."""
         if self._server is None or self._draining:
             return
-        self._draining = True
-        self._server.close(close_connections=False)  # stop listening; open connections go on
+        self._draining = True  # new upgrades get 503 + Retry-After; /healthz says "draining" with 503
         for session in self._sessions:
             session.drain()
         busy = sum(s.busy for s in self._sessions)
@@ -191,7 +194,11 @@ class BarkServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer /healthz and /metrics; check key, origin and capacity before /v1/stream upgrades."""
-        path = urlsplit(request.path).path
+        try:
+            path = urlsplit(request.path).path
+        except ValueError:  # e.g. "//[": not a URL at all
+            self.metrics.refused["bad_request"] += 1
+            return _refusal(connection, 400, "malformed request target")
         if path == PATH:
             return self._admit(connection, request)
         if path == "/healthz":
@@ -226,17 +233,24 @@ class BarkServer:
         return None
 
     def _unauthorised(self, connection: ServerConnection, what: str) -> Response:
-        self.metrics.refused["auth"] += 1
-        log.warning("refused %s from %s: missing or unknown API key", what, connection.remote_address)
+        self.metrics.refused["auth"] += 1  # every refusal is counted; the log says so at most every 10 s
+        self._auth_warning(time.monotonic(), "refused %s from %s: missing or unknown API key", what,
+                           connection.remote_address)
         return _refusal(connection, 401, "missing or unknown API key (Authorization: Bearer, X-API-Key "
                         "or ?token=)", WWW_Authenticate='Bearer realm="bark-stream"')
 
     def _healthz(self, connection: ServerConnection) -> Response:
-        if not self.engine.healthy:
-            return _json_response(connection, 503, {"status": "unhealthy", "model": self.engine.model_name})
+        """One JSON shape: {"status": ok|unavailable, "reason": null|draining|engine_failed, "model",
+        "active_streams"}; 200 only when new streams are accepted (balancers route on the status code)."""
         snap = self.engine.snapshot()
-        return _json_response(connection, 200, {"status": "draining" if self._draining else "ok",
-                                                "model": self.engine.model_name, "active_streams": snap.active})
+        reason = "engine_failed" if not self.engine.healthy else "draining" if self._draining else None
+        body = {"status": "ok" if reason is None else "unavailable", "reason": reason,
+                "model": self.engine.model_name, "active_streams": snap.active}
+        if reason is None:
+            return _json_response(connection, 200, body)
+        response = _json_response(connection, 503, body)
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
 
     def _render_metrics(self) -> str:
         snap = self.engine.snapshot()

@@ -17,16 +17,22 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.http11 import Request
 
 from streaming.errors import ConfigError
 
+SERVER_LOGGERS = ("server", "server.app", "server.session", "server.flow", "server.context", "websockets.server")
 KEY_HEADER = "X-API-Key"
 QUERY_KEY = "token"
 _SECRET_HEADERS = re.compile(r"^(<|>) (authorization|x-api-key|cookie|proxy-authorization): .*$", re.I)
-_SECRET_QUERY = re.compile(r"([?&]token=)[^&\s]*", re.I)
+_QUERY_PARAM = re.compile(r"([?&])([^=&\s#?]+)=([^&\s#]*)")
+_BEARER = re.compile(r"(bearer\s+)\S+", re.I)
+# websockets' parse errors quote raw header values or request lines, which can hold a key
+_RAW_VALUE = re.compile(r"(invalid HTTP (?:header value|header line|request line|request target)[^:]*: ).*",
+                        re.I)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\n|\r")
 
 
 def _digest(key: str) -> bytes:
@@ -68,7 +74,10 @@ def request_keys(request: Request) -> list[str]:
         if scheme.lower() == "bearer" and token.strip():
             found.append(token.strip())
     found += [v.strip() for v in request.headers.get_all(KEY_HEADER) if v.strip()]
-    query = urlsplit(request.path).query
+    try:
+        query = urlsplit(request.path).query
+    except ValueError:  # a malformed target: it carries no key (and is answered 400)
+        query = ""
     found += parse_qs(query, keep_blank_values=False).get(QUERY_KEY, [])
     return found[:8]  # a request stuffed with candidates costs no more than eight checks
 
@@ -99,30 +108,69 @@ def load_keys(path: Path | None, env_value: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def _redact_param(match: re.Match[str]) -> str:
+    name = unquote(match.group(2)).strip().lower()
+    return f"{match.group(1)}{match.group(2)}=[redacted]" if name == QUERY_KEY else match.group(0)
+
+
 def redact(text: str) -> str:
-    """`text` with query tokens and credential header values replaced by [redacted]."""
-    text = _SECRET_QUERY.sub(r"\1[redacted]", text)
-    match = _SECRET_HEADERS.match(text)
-    return f"{match.group(1)} {match.group(2)}: [redacted]" if match else text
+    """`text` with key-bearing values replaced by [redacted]: the `token` query parameter however it is
+    spelled (`%74oken`), credential header lines, bearer tokens, and raw values quoted by parse errors."""
+    text = _QUERY_PARAM.sub(_redact_param, text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    text = _RAW_VALUE.sub(r"\1[redacted]", text)
+    return "\n".join(_redact_header_line(line) for line in text.split("\n"))
+
+
+def _redact_header_line(line: str) -> str:
+    match = _SECRET_HEADERS.match(line)
+    return f"{match.group(1)} {match.group(2)}: [redacted]" if match else line
+
+
+def escape_controls(text: str) -> str:
+    """Newlines and other control characters as escapes: a client string cannot forge a log line."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 class RedactSecrets(logging.Filter):
-    """Rewrites records of the logger it is attached to so that no key reaches a handler."""
+    """Rewrites records of the logger it is attached to: no key reaches a handler (message or traceback),
+    and no client-chosen string can start a line of its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a malformed record is passed on untouched
             return True
-        clean = redact(message)
+        clean = escape_controls(redact(message))
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:  # tracebacks quote header values too
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
 def secret_free_logger(name: str = "websockets.server") -> logging.Logger:
-    """The websockets server logger with `RedactSecrets` attached once (it logs request lines and headers)."""
+    """A logger with `RedactSecrets` attached once: the websockets server logger (it logs request lines and
+    headers) and the server's own loggers (they log client-chosen ids, fields and messages)."""
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactSecrets) for f in logger.filters):
         logger.addFilter(RedactSecrets())
     return logger
+
+
+class RateLimitedWarning:
+    """At most one warning per `interval` seconds; the next one says how many were left out meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger, self.interval = logger, interval
+        self._last = float("-inf")
+        self._skipped = 0
+
+    def __call__(self, now: float, msg: str, *args: object) -> None:
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return
+        suffix = f" ({self._skipped} more like it in the last {self.interval:.0f} s)" if self._skipped else ""
+        self.logger.warning(msg + suffix, *args)
+        self._last, self._skipped = now, 0

@@ -162,6 +162,7 @@ class Session:
             tasks += (self._shutdown,)
         for req in self._requests.values():
             req.handle.cancel()
+            self._ctx.metrics.record_done("disconnected", None, None)  # every started request ends once
         if self._requests:
             log.info("conn %s: closed with %d request(s) in flight; cancelled %s",
                      self.conn_id, len(self._requests), ", ".join(self._requests))
@@ -399,11 +400,11 @@ class Session:
             failure = engine_failure(req.id, done)
         reason = "error" if failure is not None else done.reason  # type: ignore[union-attr]
         stats = wire_stats(done)
+        ttfa = done.stats.ttfa_s if done is not None else None
+        rtf = done.stats.rtf if done is not None else None
+        self._ctx.metrics.record_done(reason, ttfa, rtf)  # before any await: a disconnect cannot lose it
         if failure is not None:
             await self._put_error(failure)
         await self._out.put((encode_server_message(done_message(req.id, reason, samples, stats)), 0.0))
-        ttfa = done.stats.ttfa_s if done is not None else None
-        rtf = done.stats.rtf if done is not None else None
-        self._ctx.metrics.record_done(reason, ttfa, rtf)
         log.info("conn %s: request %s: done (%s), %d samples, ttfa %s ms, rtf %s", self.conn_id, req.id,
                  reason, samples, stats.get("ttfa_ms"), stats.get("rtf"))

@@ -83,3 +83,167 @@ async def _never_ending():
     yield "Hold this slot with a sentence that comes first.\n"  # a line: the client flushes it
     await asyncio.sleep(3600)
     yield "never"
+
+
+# --- HTTP edge, keys and logs ------------------------------------------------------------------
+
+def _raw_http(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           b"Sec-WebSocket-Version: 13\r\n")
+KEY = "k-hardening-5e1f"
+
+
+@pytest.fixture
+def keyed():
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine, api_keys=(KEY,), public_metrics=True)
+    yield srv
+    srv.stop()
+    engine.stop()
+
+
+def test_malformed_request_target_is_400(keyed, caplog: pytest.LogCaptureFixture) -> None:
+    """GET //[ (not a URL) gets 400 and no ERROR or traceback is logged; a healthy stream is unaffected."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    reply = _raw_http(keyed.port, b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert keyed.metric("bark_handshakes_refused_total", 'reason="bad_request"') == 1
+
+
+def test_keys_never_reach_the_log_however_spelled(keyed, caplog: pytest.LogCaptureFixture) -> None:
+    """A percent-encoded ?%74oken=KEY (accepted) and a malformed Authorization header (a parse traceback) are
+    both logged at debug without the key."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    ok = _raw_http(keyed.port, f"GET /v1/stream?%74oken={KEY} HTTP/1.1\r\nHost: x\r\n".encode() + UPGRADE + b"\r\n")
+    assert ok.startswith(b"HTTP/1.1 101"), ok[:80]
+    _raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+              + b"\xff\x01zz\r\n" + UPGRADE + b"\r\n")
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    assert "%74oken=[redacted]" in text  # the request line was logged...
+    assert KEY not in text  # ...and neither spelling let the key through
+
+
+def test_client_strings_cannot_forge_log_lines(keyed, caplog: pytest.LogCaptureFixture) -> None:
+    """An unknown params key holding a newline is logged escaped, on one line."""
+    import logging
+
+    from server_fixtures import RawClient
+
+    caplog.set_level(logging.INFO)
+
+    async def go() -> dict[str, Any]:
+        conn = await RawClient.connect_with(keyed.url, additional_headers={"Authorization": f"Bearer {KEY}"})
+        await conn.send({"type": "speak", "id": "r1", "text": "Hi.", "params": {"x\nFAKE ERROR line": 1}})
+        err = await conn.next_error()
+        await conn.close()
+        return err
+
+    err = run(go())
+    assert err["code"] == "unknown_field"
+    lines = [line for r in caplog.records if r.name.startswith("server") for line in r.getMessage().splitlines()]
+    assert not [line for line in lines if line.startswith("FAKE")]
+    assert any("\\nFAKE ERROR line" in line for line in lines)
+
+
+def test_refused_auth_is_counted_not_logged_each_time(keyed, caplog: pytest.LogCaptureFixture) -> None:
+    """20 refused handshakes: all counted in bark_handshakes_refused_total, one WARNING line in the log."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    for _ in range(20):
+        assert _raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n").startswith(
+            b"HTTP/1.1 401")
+    assert keyed.metric("bark_handshakes_refused_total", 'reason="auth"') == 20
+    warnings = [r for r in caplog.records if "missing or unknown API key" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+# --- health and counters -----------------------------------------------------------------------
+
+def test_healthz_answers_during_drain_and_upgrades_get_503() -> None:
+    """While a drain waits for a request in flight, /healthz answers 503 {"reason": "draining"} and a new
+    upgrade gets 503; the request in flight still ends normally."""
+    import json
+
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine)
+    try:
+        async def go() -> tuple[int, dict[str, Any], int, str]:
+            conn = await RawClient.connect(srv.url)
+            await conn.send({"type": "start", "id": "long", "params": PARAMS})
+            await conn.send({"type": "text", "id": "long", "text": "Still talking."})
+            await conn.send({"type": "flush", "id": "long"})  # in flight, not ended: the drain waits for it
+            await asyncio.to_thread(srv.wait_metric, "bark_active_streams", lambda v: v == 1)
+            assert srv.loop is not None and srv.server is not None
+            drain = asyncio.run_coroutine_threadsafe(srv.server.drain(30.0), srv.loop)
+            status, _, body = await asyncio.to_thread(srv.http, "/healthz")
+            upgrade = await asyncio.to_thread(_raw_http, srv.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n"
+                                              + UPGRADE + b"\r\n")
+            await conn.send({"type": "end", "id": "long"})
+            reason = (await conn.until_done("long"))["long"].done["reason"]
+            await asyncio.wrap_future(drain)
+            return status, json.loads(body), int(upgrade.split()[1]), reason
+
+        status, body, upgrade, reason = run(go())
+        assert status == 503 and body["status"] == "unavailable" and body["reason"] == "draining"
+        assert upgrade == 503 and reason == "end"
+    finally:
+        srv.stop()
+        engine.stop()
+
+
+def test_every_started_request_ends_with_one_reason() -> None:
+    """Requests cut off by an abrupt disconnect are counted as finished with reason "disconnected":
+    after mixed traffic, requests_total equals the sum of finished reasons."""
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=4, max_queue=8)
+    srv = start_server(engine)
+    try:
+        async def go() -> None:
+            done = await RawClient.connect(srv.url)
+            await done.speak("a", "Finished normally.")
+            await done.until_done("a")
+            cancelled = await RawClient.connect(srv.url)
+            await cancelled.speak("b", "Cancelled by its client.")
+            await cancelled.send({"type": "cancel", "id": "b"})
+            await cancelled.until_done("b")
+            for i in range(3):  # abrupt disconnects (TCP reset) with requests in flight
+                gone = await RawClient.connect(srv.url)
+                await gone.send({"type": "start", "id": f"g{i}", "params": PARAMS})
+                await gone.send({"type": "text", "id": f"g{i}", "text": "Never heard."})
+                await asyncio.to_thread(srv.wait_metric, "bark_requests_total", lambda v, n=3 + i: v >= n)
+                gone.ws.transport.abort()
+            await done.close()
+            await cancelled.close()
+
+        run(go())
+        srv.wait_metric("bark_connections", lambda v: v == 0)
+        total = srv.metric("bark_requests_total")
+        reasons = {r: srv.metric("bark_requests_finished_total", f'reason="{r}"')
+                   for r in ("end", "cancelled", "error", "disconnected")}
+        assert total == 5 and sum(reasons.values()) == total, reasons
+        assert reasons["disconnected"] == 3
+    finally:
+        srv.stop()
+        engine.stop()

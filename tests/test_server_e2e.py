@@ -157,7 +157,8 @@ def test_healthz_unhealthy_engine() -> None:
     srv = ServerThread(dead, ServerConfig(port=0, model="random-tiny", offline=True)).start()  # type: ignore[arg-type]
     try:
         status, _, body = srv.http("/healthz")
-        assert status == 503 and json.loads(body)["status"] == "unhealthy"
+        assert status == 503 and json.loads(body)["status"] == "unavailable"
+        assert json.loads(body)["reason"] == "engine_failed"
         assert metric_value(srv.http("/metrics")[2], "bark_up") == 0
     finally:
         srv.stop()
