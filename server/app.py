@@ -18,7 +18,6 @@ import time
 import itertools
 import json
 import logging
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +28,6 @@ from websockets.protocol import State
 from streaming.bundle import load_engine
 from streaming.threads import serial_main_thread
 from streaming.engine import Engine, EngineConfig
-from streaming.voices import list_presets
 
 from .auth import SERVER_LOGGERS, KeySet, RateLimitedWarning, origin_allowed, secret_free_logger
 from .config import ServerConfig
@@ -37,6 +35,7 @@ from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from .protocol import PATH, ProtocolError, encode_server_message, ready_message
+from .voices import VoiceCatalog
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -62,16 +61,6 @@ def create_engine(config: ServerConfig) -> Engine:
     )
 
 
-def voice_names(config: ServerConfig) -> list[str]:
-    """Voices announced in `ready`: the .npz files of the voices dir, then the standard presets."""
-    local: list[str] = []
-    if config.voices_dir is not None:
-        root = Path(config.voices_dir)
-        local = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.npz"))
-    presets = [] if config.offline and config.voices_dir is not None else list_presets()
-    return list(dict.fromkeys(local + presets))
-
-
 def _json_response(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:
     response = connection.respond(status, json.dumps(body) + "\n")
     del response.headers["Content-Type"]
@@ -93,13 +82,15 @@ class BarkServer:
         self.engine = engine
         self.config = config
         self.metrics = ServerMetrics()
+        voices = VoiceCatalog(config.voices_dir, config.offline)
+        voices.discover()  # blocking, before the port opens: ready.voices lists only what loads now
         ready = ready_message(
-            engine.model_name, voice_names(config), config.limits,
+            engine.model_name, voices.names, config.limits,
             extra_limits={"max_streams": config.max_streams, "max_queue": config.max_queue,
                           "max_messages_per_s": int(config.max_messages_per_s),
                           "max_buffer_ms": int(config.max_buffer_s * 1000)},
         )
-        self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready))
+        self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready), voices)
         self._keys = KeySet(config.api_keys)
         self._auth_warning = RateLimitedWarning(log)
         self._ids = itertools.count(1)

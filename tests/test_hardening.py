@@ -247,3 +247,77 @@ def test_every_started_request_ends_with_one_reason() -> None:
     finally:
         srv.stop()
         engine.stop()
+
+
+# --- voices ------------------------------------------------------------------------------------
+
+def test_ready_lists_only_voices_that_load(tmp_path) -> None:
+    """Offline with no voices directory nothing is offered; with one, exactly its voices."""
+    import shutil
+
+    from server.voices import VoiceCatalog
+    from streaming.voices import bundled_voices_dir
+
+    assert VoiceCatalog(None, offline=True).discover() == []
+    (tmp_path / "v2").mkdir()
+    shutil.copy(bundled_voices_dir() / "v2" / "en_speaker_6.npz", tmp_path / "v2" / "en_speaker_6.npz")
+    shutil.copy(bundled_voices_dir() / "announcer.npz", tmp_path / "announcer.npz")
+    assert sorted(VoiceCatalog(tmp_path, offline=True).discover()) == ["announcer", "v2/en_speaker_6"]
+
+
+def test_unreachable_hub_is_found_at_start_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Not offline, no hub: discovery gives up after the probe timeout, warns once, offers no hub presets."""
+    import logging
+
+    from server.voices import VoiceCatalog
+
+    caplog.set_level(logging.INFO, logger="server.voices")
+    catalog = VoiceCatalog(None, offline=False, probe_timeout=0.5)
+    assert catalog.discover() == [] and catalog.hub is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "server.voices"]
+    assert len(warnings) == 1 and "did not answer" in warnings[0].getMessage()
+
+
+def test_voice_failures_are_cached_and_client_errors_name_no_path(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A voices-dir preset whose file is corrupt: the client gets unknown_voice without any server path (the log
+    has it), the second request is answered from the cache without touching the file; a voice the server
+    does not offer is refused at once; a healthy neighbour is unaffected."""
+    import logging
+
+    import server.voices as voices_mod
+    from server_fixtures import RawClient
+
+    (tmp_path / "broken.npz").write_bytes(b"not a zip file")
+    calls: list[str] = []
+    real = voices_mod.load_voice
+
+    def counting(name: str, **kw: Any) -> Any:
+        calls.append(name)
+        return real(name, **kw)
+
+    monkeypatch.setattr(voices_mod, "load_voice", counting)
+    caplog.set_level(logging.WARNING, logger="server.voices")
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine, voices_dir=tmp_path)
+    try:
+        async def go() -> tuple[list[dict[str, Any]], list[str], Done]:
+            conn = await RawClient.connect(srv.url)
+            errors = []
+            for i, voice in enumerate(["broken", "broken", "v2/en_speaker_1"]):
+                await conn.speak(f"r{i}", "Hello.", voice=voice)
+                errors.append(await conn.next_error())
+            await conn.close()
+            return errors, conn.ready["voices"], await healthy(srv.url)
+
+        errors, offered, done = run(go())
+        assert offered == ["broken"]
+        assert [e["code"] for e in errors] == ["unknown_voice"] * 3
+        assert all(str(tmp_path) not in e["message"] and "--voices" not in e["message"] for e in errors)
+        assert "not offered" in errors[2]["message"]
+        assert calls.count("broken") == 1  # discovery does not load local files; the first request does, once
+        assert any(str(tmp_path) in r.getMessage() for r in caplog.records)  # the operator gets the detail
+        assert done.reason == "end"
+    finally:
+        srv.stop()
+        engine.stop()
