@@ -63,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-streams", type=int, default=d.max_streams, help="streams the engine computes at once")
     cap.add_argument("--max-queue", type=int, default=d.max_queue, help="streams waiting before `overloaded`")
     cap.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections")
+    cap.add_argument("--max-streams-per-connection", type=int, default=None,
+                     help="engine slots one connection may hold (default max(2, max-streams / 4))")
+    cap.add_argument("--max-connections-per-ip", type=int, default=None,
+                     help="open connections per client address (default: no cap)")
+    cap.add_argument("--max-streams-per-key", type=int, default=None,
+                     help="requests in flight per API key, all connections together (default: no cap)")
+    cap.add_argument("--max-bytes-per-s", type=float, default=d.max_bytes_per_s,
+                     help=f"bytes a connection may send per second, control frames included (default {d.max_bytes_per_s:g})")
+    cap.add_argument("--max-frames-per-s", type=float, default=d.max_frames_per_s,
+                     help=f"WebSocket frames per second per connection, pings and pongs included (default {d.max_frames_per_s:g})")
+    cap.add_argument("--request-text-timeout", type=float, default=d.request_text_timeout,
+                     help=f"seconds a start request may wait for its first text (default {d.request_text_timeout:g})")
+    cap.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDR",
+                     help="a proxy address or network whose X-Forwarded-For names the client (repeatable)")
     for name in _LIMIT_FIELDS:
         cap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(lim, name),
                          help=f"per connection (default {getattr(lim, name)})")
@@ -123,7 +137,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
         codec=args.codec, codec_dtype=args.codec_dtype, cuda_graphs=args.cuda_graphs, tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
         offline=args.offline, max_streams=args.max_streams, max_queue=args.max_queue,
-        max_connections=args.max_connections, limits=limits, send_queue_frames=args.send_queue_frames,
+        max_connections=args.max_connections, limits=limits,
+        max_streams_per_connection=args.max_streams_per_connection,
+        max_connections_per_ip=args.max_connections_per_ip, max_streams_per_key=args.max_streams_per_key,
+        max_bytes_per_s=args.max_bytes_per_s, max_frames_per_s=args.max_frames_per_s,
+        request_text_timeout=args.request_text_timeout, trusted_proxies=tuple(args.trusted_proxy), send_queue_frames=args.send_queue_frames,
         compression=args.compression, max_messages_per_s=args.max_messages_per_s,
         message_burst=args.message_burst, rate_limit_strikes=args.rate_limit_strikes,
         max_buffer_s=args.max_buffer_s, slow_consumer_timeout=args.slow_consumer_timeout,

@@ -29,7 +29,8 @@ from streaming.bundle import load_engine
 from streaming.threads import serial_main_thread
 from streaming.engine import Engine, EngineConfig
 
-from .auth import SERVER_LOGGERS, KeySet, RateLimitedWarning, origin_allowed, secret_free_logger
+from .auth import SERVER_LOGGERS, KeySet, RateLimitedWarning, client_address, origin_allowed, secret_free_logger
+from .guard import ReadBudget, guarded_connection
 from .config import ServerConfig
 from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -57,7 +58,7 @@ def create_engine(config: ServerConfig) -> Engine:
         voices_dir=config.voices_dir,
         local_files_only=config.offline,
         config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
-                            cuda_graphs=config.cuda_graphs),
+                            max_streams_per_owner=config.streams_per_connection, cuda_graphs=config.cuda_graphs),
     )
 
 
@@ -97,6 +98,8 @@ class BarkServer:
         self._server: Server | None = None
         self._sessions: dict[Session, asyncio.Task[None]] = {}  # open sessions -> their handler tasks
         self._admitted: set[ServerConnection] = set()  # upgrades let through, not yet closed
+        self._address: dict[ServerConnection, str] = {}  # real client address of each admitted upgrade
+        self._key_of: dict[ServerConnection, int | None] = {}  # which API key each admitted upgrade used
         self._draining = False
         self._watcher: asyncio.Task[None] | None = None
         self.engine_failed = asyncio.Event()  # set once the engine thread has died
@@ -115,6 +118,9 @@ class BarkServer:
             max_size=cfg.ws_max_size, compression="deflate" if cfg.compression else None,
             ping_interval=None,  # the session watchdog pings: keepalive and audio acknowledgement in one
             open_timeout=cfg.open_timeout, close_timeout=cfg.close_timeout, logger=secret_free_logger(),
+            create_connection=guarded_connection(ReadBudget(
+                cfg.max_bytes_per_s, max(cfg.max_bytes_per_s, 4.0 * cfg.ws_max_size), cfg.max_frames_per_s,
+                cfg.frame_burst, on_throttle=self._throttled)),
         )
         for name in SERVER_LOGGERS:  # keys redacted and control characters escaped in every server log line
             secret_free_logger(name)
@@ -215,13 +221,29 @@ class BarkServer:
             self.metrics.refused["unavailable"] += 1
             return _refusal(connection, 503, "the server is stopping", Retry_After=str(RETRY_AFTER_S))
         self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        for gone in [c for c in self._address if c not in self._admitted]:
+            self._address.pop(gone, None)
+            self._key_of.pop(gone, None)
         if len(self._admitted) >= cfg.max_connections:
             self.metrics.refused["max_connections"] += 1
             log.warning("refused a connection: %d open (max_connections)", len(self._admitted))
             return _refusal(connection, 503, f"too many connections (max {cfg.max_connections})",
                             Retry_After=str(RETRY_AFTER_S))
+        address = client_address(str(connection.remote_address[0]) if connection.remote_address else "",
+                                  request.headers.get_all("X-Forwarded-For"), cfg.trusted_proxies)
+        if cfg.max_connections_per_ip is not None:
+            open_here = sum(1 for a in self._address.values() if a == address)
+            if open_here >= cfg.max_connections_per_ip:
+                self.metrics.refused["per_ip"] += 1
+                return _refusal(connection, 429, f"too many connections from your address (max "
+                                f"{cfg.max_connections_per_ip})", Retry_After=str(RETRY_AFTER_S))
         self._admitted.add(connection)
+        self._address[connection] = address
+        self._key_of[connection] = self._keys.which(request) if self._keys else None
         return None
+
+    def _throttled(self, what: str) -> None:
+        self.metrics.throttled[what] += 1
 
     def _unauthorised(self, connection: ServerConnection, what: str) -> Response:
         self.metrics.refused["auth"] += 1  # every refusal is counted; the log says so at most every 10 s
@@ -255,8 +277,9 @@ class BarkServer:
         """One connection: run its session; an unexpected failure is logged and closes with 1011."""
         conn_id = f"c{next(self._ids)}"
         self.metrics.connections += 1
-        log.info("conn %s: open from %s (%d open)", conn_id, ws.remote_address, self.metrics.connections)
-        session = Session(ws, self._ctx, conn_id)
+        log.info("conn %s: open from %s (%d open)", conn_id, self._address.get(ws, ws.remote_address),
+                 self.metrics.connections)
+        session = Session(ws, self._ctx, conn_id, key=self._key_of.get(ws))
         self._sessions[session] = asyncio.current_task()  # type: ignore[assignment]
         if self._draining:
             session.drain()
@@ -268,5 +291,7 @@ class BarkServer:
         finally:
             del self._sessions[session]
             self._admitted.discard(ws)
+            self._address.pop(ws, None)
+            self._key_of.pop(ws, None)
             self.metrics.connections -= 1
             log.info("conn %s: closed (code %s, %d open)", conn_id, ws.close_code, self.metrics.connections)

@@ -65,6 +65,39 @@ class KeySet:
             return True
         return any([self.matches(c) for c in request_keys(request)])  # list: check every candidate
 
+    def which(self, request: Request) -> int | None:
+        """The index of the key the request carries (its identity for per-key limits); None if none matches."""
+        found = None
+        for candidate in request_keys(request):
+            probe = _digest(candidate)
+            for i, digest in enumerate(self._digests):
+                if hmac.compare_digest(probe, digest) and found is None:
+                    found = i
+        return found
+
+
+def client_address(peer: str, forwarded: list[str], trusted: tuple[str, ...]) -> str:
+    """The real client address: the peer, unless the peer is a trusted proxy, then the rightmost address of
+    X-Forwarded-For that is not itself a trusted proxy (entries further left are the client's to forge)."""
+    import ipaddress
+
+    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip().strip("[]"))
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    if not networks or not is_trusted(peer):
+        return peer
+    chain = [a.strip() for value in forwarded for a in value.split(",") if a.strip()]
+    for address in reversed(chain):
+        if not is_trusted(address):
+            return address.strip("[]")
+    return peer
+
 
 def request_keys(request: Request) -> list[str]:
     """Every key candidate a request carries: bearer token, X-API-Key header, `token` query parameter."""

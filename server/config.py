@@ -49,6 +49,7 @@ class ServerConfig:
     offline: bool = False  # never reach the hub: weights, tokenizer and voices from local files/cache only
     # --- engine capacity
     max_streams: int = 8  # streams computed at once by the engine
+    max_streams_per_connection: int | None = None  # engine slots one connection may hold; None = max(2, max_streams // 4)
     max_queue: int = 32  # streams waiting for admission before `overloaded`
     # --- per-connection limits
     max_connections: int = 64  # open WebSocket connections; more are refused with HTTP 503
@@ -60,6 +61,14 @@ class ServerConfig:
     max_messages_per_s: float = 200.0  # per-connection message rate (token bucket refill)
     message_burst: int = 400  # messages a connection may send at once (token bucket size)
     rate_limit_strikes: int = 50  # messages refused with `rate_limited` in a row before closing 1008
+    max_bytes_per_s: float = 1_048_576.0  # bytes a connection may send per second, every frame counted; past
+    # the burst the server stops reading that socket until the budget refills (TCP backpressure, no CPU spent)
+    max_frames_per_s: float = 400.0  # WebSocket frames per second, control frames (ping, pong) included
+    frame_burst: int = 800
+    max_connections_per_ip: int | None = None  # open connections per client address; None = no cap
+    max_streams_per_key: int | None = None  # requests in flight per API key, all connections; None = no cap
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For names the real client
+    request_text_timeout: float | None = 30.0  # a `start` request that gets no text for this long fails
     # --- stalled readers
     max_buffer_s: float = 10.0  # audio (seconds) sent or queued but not yet acknowledged by the peer
     slow_consumer_timeout: float = 20.0  # seconds without an acknowledgement while audio is owed
@@ -88,6 +97,14 @@ class ServerConfig:
         for name in ("max_streams", "max_connections", "send_queue_frames", "oversize_factor",
                      "message_burst", "rate_limit_strikes"):
             _positive(name, getattr(self, name))
+        for name in ("max_streams_per_connection", "max_connections_per_ip", "max_streams_per_key"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive(name="frame_burst", value=self.frame_burst)
+        _check_networks(self.trusted_proxies)
+        for name in ("max_bytes_per_s", "max_frames_per_s"):
+            _positive_number(name, getattr(self, name))
+        _positive_number("request_text_timeout", self.request_text_timeout, allow_none=True)
         for name in ("max_messages_per_s", "max_buffer_s", "slow_consumer_timeout", "probe_interval",
                      "ping_timeout", "open_timeout", "close_timeout", "drain_timeout"):
             _positive_number(name, getattr(self, name))
@@ -106,6 +123,13 @@ class ServerConfig:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
     @property
+    def streams_per_connection(self) -> int:
+        """The per-connection slot cap in force."""
+        if self.max_streams_per_connection is not None:
+            return self.max_streams_per_connection
+        return max(2, self.max_streams // 4)
+
+    @property
     def ws_max_size(self) -> int:
         """Largest frame the WebSocket layer reads (bigger ones close the connection with 1009 unread)."""
         return self.limits.max_frame_bytes * self.oversize_factor
@@ -114,3 +138,14 @@ class ServerConfig:
         keys = f"<{len(self.api_keys)} key(s)>"
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "api_keys")
         return f"ServerConfig({fields}, api_keys={keys})"
+
+
+def _check_networks(values: tuple[str, ...]) -> None:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"trusted_proxies: {value!r} is not an IP address or network (e.g. 10.0.0.5, "
+                              "10.0.0.0/8, ::1)") from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 from streaming.engine import Engine, StreamHandle
 from streaming.errors import ErrorCode
@@ -28,6 +29,7 @@ class ServerContext:
     metrics: ServerMetrics
     ready_frame: bytes  # encoded once at startup
     voices: VoiceCatalog  # what `ready.voices` lists, and how a request's voice is loaded
+    key_streams: Counter[int] = field(default_factory=Counter)  # requests in flight per API key index
 
     async def resolve_voice(self, name: str | None, req_id: str) -> Voice | None:
         """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none."""

@@ -67,6 +67,7 @@ class ServerMetrics:
     finished: Counter[str] = field(default_factory=Counter)  # done reason -> count
     errors: Counter[str] = field(default_factory=Counter)  # error code -> `error` messages sent
     refused: Counter[str] = field(default_factory=Counter)  # handshakes refused: auth|origin|max_connections|...
+    throttled: Counter[str] = field(default_factory=Counter)  # reads paused: over the bytes or frames budget
     ttfa: Histogram = field(
         default_factory=lambda: Histogram("bark_ttfa_seconds", "Submit to first audio chunk.", TTFA_BUCKETS)
     )
@@ -99,6 +100,8 @@ class ServerMetrics:
             *_labelled("bark_requests_finished_total", "Requests finished, by done reason.", "reason", self.finished),
             *_labelled("bark_errors_total", "Error messages sent, by code.", "code", self.errors),
             *_labelled("bark_handshakes_refused_total", "Upgrades refused, by reason.", "reason", self.refused),
+            *_labelled("bark_reads_throttled_total", "Times a connection's socket stopped being read because it "
+                       "sent more bytes or frames per second than allowed.", "budget", self.throttled),
             *self.ttfa.render(),
             *self.rtf.render(),
         ]

@@ -72,8 +72,9 @@ _Item = tuple[bytes, float] | _Close  # (frame, seconds of audio in it) or a clo
 class Session:
     """Serves one connection until it closes; `run()` returns once everything it held is freed."""
 
-    def __init__(self, ws: ServerConnection, ctx: ServerContext, conn_id: str) -> None:
+    def __init__(self, ws: ServerConnection, ctx: ServerContext, conn_id: str, key: int | None = None) -> None:
         cfg = ctx.config
+        self.key = key  # index of the API key this connection authenticated with (per-key limits)
         self._ws = ws
         self._ctx = ctx
         self._limits = cfg.limits
@@ -163,6 +164,8 @@ class Session:
         for req in self._requests.values():
             req.handle.cancel()
             self._ctx.metrics.record_done("disconnected", None, None)  # every started request ends once
+            if self.key is not None:
+                self._ctx.key_streams[self.key] -= 1
         if self._requests:
             log.info("conn %s: closed with %d request(s) in flight; cancelled %s",
                      self.conn_id, len(self._requests), ", ".join(self._requests))
@@ -292,6 +295,13 @@ class Session:
         except TextError as exc:
             raise ProtocolError("bad_field", f"text: {exc}", id=req.id) from None
 
+    def _text_deadline(self, req: RequestState) -> None:
+        """A `start` request that got no text in request_text_timeout seconds fails (it would wait forever)."""
+        if req.chars == 0 and not req.ended and self._requests.get(req.id) is req:
+            self._fail(req, ProtocolError("idle_timeout", f"request {req.id!r} received no text within "
+                                          f"{self._ctx.config.request_text_timeout:g} s of its start",
+                                          id=req.id, fatal=False))
+
     def _fail(self, req: RequestState, exc: ProtocolError) -> None:
         """End `req` with `exc`: its pump drops further audio and sends `error` then `done(error)`."""
         if req.failure is None:
@@ -312,9 +322,14 @@ class Session:
         if len(self._requests) >= self._limits.max_ids_in_flight:
             raise ProtocolError("too_many_ids", f"id: {msg.id!r} would be request {len(self._requests) + 1} in "
                                 f"flight; max_ids_in_flight is {self._limits.max_ids_in_flight}", id=msg.id)
+        per_key = cfg.max_streams_per_key
+        if per_key is not None and self.key is not None and self._ctx.key_streams[self.key] >= per_key:
+            raise ProtocolError("rate_limited", f"this API key has {per_key} requests in flight "
+                                "(max_streams_per_key); retry when one ends", id=msg.id)
         voice = await self._ctx.resolve_voice(msg.voice, msg.id)
         speech = SpeechRequest(text=msg.text if isinstance(msg, Speak) else None, voice=voice,
-                               sampling=msg.sampling, policy=msg.policy, request_id=f"{self.conn_id}/{msg.id}")
+                               sampling=msg.sampling, policy=msg.policy, request_id=f"{self.conn_id}/{msg.id}",
+                               owner=self.conn_id)
         try:
             handle = await asyncio.to_thread(self._ctx.engine.submit, speech, loop=asyncio.get_running_loop())
         except EngineOverloaded as exc:
@@ -328,8 +343,12 @@ class Session:
             return
         req = RequestState(msg.id, msg.TYPE, msg.encoding, handle)
         self._requests[msg.id] = req
+        if self.key is not None:
+            self._ctx.key_streams[self.key] += 1
         self._ctx.metrics.requests_total += 1
         req.pump = asyncio.create_task(self._pump(req), name=f"{self.conn_id} pump {msg.id}")
+        if isinstance(msg, Start) and cfg.request_text_timeout is not None:
+            asyncio.get_running_loop().call_later(cfg.request_text_timeout, self._text_deadline, req)
         log.info("conn %s: request %s: %s accepted (stream %s, voice %s, %s)", self.conn_id, msg.id, msg.TYPE,
                  handle.id, msg.voice or cfg.default_voice, msg.encoding)
 
@@ -393,7 +412,8 @@ class Session:
 
     async def _finish(self, req: RequestState, done: StreamDone | None, samples: int) -> None:
         """Retire the id, then queue `error` (if it failed) and `done`; record the request's metrics."""
-        self._requests.pop(req.id, None)
+        if self._requests.pop(req.id, None) is not None and self.key is not None:
+            self._ctx.key_streams[self.key] -= 1
         self._last_activity = asyncio.get_running_loop().time()
         failure = req.failure
         if failure is None and (done is None or done.reason == "error"):

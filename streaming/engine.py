@@ -72,6 +72,7 @@ class EngineOverloaded(BarkStreamError):
 class EngineConfig:
     max_streams: int = 8  # streams advanced together (KV-cache slots per model)
     max_queue: int = 32  # admitted-but-waiting requests; beyond this submit() raises EngineOverloaded
+    max_streams_per_owner: int | None = None  # active streams one owner may hold; None = no cap
     decoder: str = DEFAULT_DECODER  # "stateful" (exact) or "crossfade"
     chunks: ChunkSchedule = field(default_factory=ChunkSchedule)  # decode chunk sizes
     segment_overlap: int = 240  # samples crossfaded where two text segments join (10 ms)
@@ -86,6 +87,8 @@ class EngineConfig:
             raise ConfigError(f"max_streams: must be >= 1, got {self.max_streams}")
         if self.max_queue < 0:
             raise ConfigError(f"max_queue: must be >= 0, got {self.max_queue}")
+        if self.max_streams_per_owner is not None and self.max_streams_per_owner < 1:
+            raise ConfigError(f"max_streams_per_owner: must be >= 1 or None, got {self.max_streams_per_owner}")
         if self.segment_overlap < 0:
             raise ConfigError(f"segment_overlap: must be >= 0, got {self.segment_overlap}")
 
@@ -231,19 +234,35 @@ class Engine:
         return True
 
     def _admit(self) -> None:
-        """Move queued streams into the active set, first come first served, but only streams with
-        something to do: a piecewise request whose text has not arrived yet holds no slot."""
-        waiting: list[Stream] = []
+        """Fill free slots from the queue, fairly.
+
+        Only streams with something to do are admitted (a piecewise request whose text has
+        not arrived holds no slot); an owner (a connection) holds at most
+        `max_streams_per_owner` slots; among the rest, the owner holding the fewest slots
+        goes first, then first come first served.
+        """
+        cap = self.config.max_streams_per_owner
         while self._queue and len(self._active) < self.config.max_streams:
-            stream = self._queue.popleft()
-            h = stream.handle
-            if not (h.ready or h.text_ended or h.cancelled):
-                waiting.append(stream)
-                continue
+            held = collections.Counter(s.request.owner for s in self._active.values())
+            best = None
+            for i, stream in enumerate(self._queue):
+                h = stream.handle
+                if not (h.ready or h.text_ended or h.cancelled):
+                    continue
+                n = held[stream.request.owner]
+                if cap is not None and n >= cap and not h.cancelled:
+                    continue
+                if best is None or n < best[1]:
+                    best = (i, n)
+                    if n == 0:
+                        break
+            if best is None:
+                return
+            stream = self._queue[best[0]]
+            del self._queue[best[0]]
             stream.admitted = time.perf_counter()
             stream.stats.queued_s = stream.admitted - stream.submitted
             self._active[stream.id] = stream
-        self._queue.extendleft(reversed(waiting))
 
     # ------------------------------------------------------------- text & controls
     def _apply_controls(self, streams: list[Stream]) -> None:

@@ -37,6 +37,7 @@ class SpeechRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     policy: StreamPolicy = field(default_factory=StreamPolicy)
     request_id: str = ""  # caller's id, for logs
+    owner: str = ""  # who asked (a server connection): the engine shares its slots fairly between owners
     return_tokens: bool = False  # attach every segment's tokens to StreamDone (tests, CLI)
 
     def __post_init__(self) -> None:

@@ -53,11 +53,11 @@ def run(coro: Awaitable[T], timeout: float = TEST_TIMEOUT) -> T:
 # --- engine and server ---------------------------------------------------------------
 
 
-def make_engine(max_streams: int = 8, max_queue: int = 32) -> Engine:
+def make_engine(max_streams: int = 8, max_queue: int = 32, **config: Any) -> Engine:
     """A started random-tiny engine with a random codec and the test vocabulary."""
     engine = load_engine(model="random-tiny", device="cpu", dtype="float32", codec="random",
                          tokenizer=str(TOKENIZER_DIR), config=EngineConfig(max_streams=max_streams,
-                                                                             max_queue=max_queue))
+                                                                             max_queue=max_queue, **config))
     engine.start()
     return engine
 

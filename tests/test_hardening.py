@@ -321,3 +321,178 @@ def test_voice_failures_are_cached_and_client_errors_name_no_path(tmp_path, monk
     finally:
         srv.stop()
         engine.stop()
+
+
+# --- fair slots ----------------------------------------------------------------------------------
+
+def test_admission_caps_each_owner_and_prefers_the_one_holding_fewer() -> None:
+    """4 slots, at most 2 per owner: 4 requests from A then 1 from B admit A, A, B; A's others wait even
+    though a slot is free."""
+    from engine_fixtures import tiny_parts
+    from streaming.engine import Engine, EngineConfig
+    from streaming.params import SamplingParams
+    from streaming.stream import SpeechRequest
+
+    models, codec, tok = tiny_parts()
+    eng = Engine(models, codec, tok, EngineConfig(max_streams=4, max_queue=8, max_streams_per_owner=2))
+    params = SamplingParams(greedy=True, max_semantic_tokens=4)
+    for i in range(4):
+        eng.submit(SpeechRequest(text=f"From A {i}.", sampling=params, owner="A"))
+    eng.submit(SpeechRequest(text="From B.", sampling=params, owner="B"))
+    with eng._wake:
+        eng._admit()
+    owners = sorted(s.request.owner for s in eng._active.values())
+    assert owners == ["A", "A", "B"] and eng.snapshot().queued == 2
+
+
+def test_stalled_connection_cannot_hold_every_slot() -> None:
+    """One connection opens three requests that hold slots (text, never ended); with a per-connection cap of 1
+    a neighbour's request runs to its end at once while two of the three still wait in the queue."""
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=2, max_queue=8, max_streams_per_owner=1)
+    srv = start_server(engine, max_streams=2, max_queue=8)
+    try:
+        async def go() -> tuple[Done, int]:
+            hog = await RawClient.connect(srv.url)
+            for i in range(3):
+                await hog.send({"type": "start", "id": f"h{i}", "params": PARAMS})
+                await hog.send({"type": "text", "id": f"h{i}", "text": "Holding on."})
+                await hog.send({"type": "flush", "id": f"h{i}"})
+            await asyncio.to_thread(srv.wait_metric, "bark_queue_depth", lambda v: v == 2)
+            done = await healthy(srv.url)
+            queued = engine.snapshot().queued
+            await hog.close()
+            return done, queued
+
+        done, queued = run(go())
+        assert done.reason == "end" and queued == 2
+    finally:
+        srv.stop()
+        engine.stop()
+
+
+def test_start_without_text_times_out_alone() -> None:
+    """A start that gets no text within request_text_timeout fails with idle_timeout for that id only;
+    the connection carries on."""
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine, request_text_timeout=0.3)
+    try:
+        async def go() -> tuple[Any, Any]:
+            conn = await RawClient.connect(srv.url)
+            await conn.send({"type": "start", "id": "mute", "params": PARAMS})
+            mute = (await conn.until_done("mute"))["mute"]
+            await conn.speak("after", "Still here.")
+            after = (await conn.until_done("after"))["after"]
+            await conn.close()
+            return mute, after
+
+        mute, after = run(go())
+        assert mute.errors[0]["code"] == "idle_timeout" and mute.done["reason"] == "error"
+        assert after.done["reason"] == "end"
+    finally:
+        srv.stop()
+        engine.stop()
+
+
+# --- floods, addresses, keys ---------------------------------------------------------------------
+
+def test_control_frame_flood_is_throttled_beside_a_healthy_stream() -> None:
+    """Two flooders: 3,000 unsolicited pongs (control frames: the frame budget) and 40 junk binary frames of
+    4,000 bytes (the byte budget, 20 kB/s here): the server stops reading each in turn (both throttle counters
+    rise); a neighbour's request still ends normally."""
+    from websockets.asyncio.client import connect
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine, max_frames_per_s=200.0, frame_burst=100, max_bytes_per_s=20_000.0)
+    try:
+        async def flood(count: int, size: int) -> None:
+            async with connect(srv.url, max_size=None) as ws:
+                await ws.recv()  # ready
+                for _ in range(count):
+                    await (ws.pong(b"x" * size) if size < 126 else ws.send(b"\xc1" * size))
+
+        async def go() -> Done:
+            flooders = [asyncio.create_task(flood(3000, 4)), asyncio.create_task(flood(40, 4000))]
+            await asyncio.to_thread(srv.wait_metric, "bark_connections", lambda v: v >= 2)  # both flooding
+            done = await healthy(srv.url)
+            await asyncio.to_thread(srv.wait_metric, "bark_connections", lambda v: v == 2)
+            for task in flooders:
+                task.cancel()
+            await asyncio.gather(*flooders, return_exceptions=True)
+            return done
+
+        assert run(go()).reason == "end"
+        assert srv.metric("bark_reads_throttled_total", 'budget="frames"') > 0
+        assert srv.metric("bark_reads_throttled_total", 'budget="bytes"') > 0
+    finally:
+        srv.stop()
+        engine.stop()
+
+
+def test_per_address_cap_and_trusted_proxy_addresses() -> None:
+    """max_connections_per_ip=2: a third connection from one address gets 429; behind a trusted proxy the
+    X-Forwarded-For address counts instead, and an untrusted peer's X-Forwarded-For is ignored."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    plain = start_server(engine, max_connections_per_ip=2)
+    proxied = start_server(engine, max_connections_per_ip=2, trusted_proxies=("127.0.0.0/8",))
+    try:
+        async def go() -> tuple[int, int]:
+            held = [await connect(plain.url) for _ in range(2)]
+            with pytest.raises(InvalidStatus) as info:
+                await connect(plain.url, additional_headers={"X-Forwarded-For": "203.0.113.9"})  # not trusted
+            refused = info.value.response.status_code
+            behind = [await connect(proxied.url, additional_headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                      for i in range(4)]  # four clients behind one proxy address
+            with pytest.raises(InvalidStatus) as info2:
+                for _ in range(3):
+                    held.append(await connect(proxied.url, additional_headers={"X-Forwarded-For": "198.51.100.7"}))
+            for ws in held + behind:
+                await ws.close()
+            return refused, info2.value.response.status_code
+
+        assert run(go()) == (429, 429)
+    finally:
+        plain.stop()
+        proxied.stop()
+        engine.stop()
+
+
+def test_per_key_concurrency_cap() -> None:
+    """max_streams_per_key=1: a second request under the same key (another connection) is rate_limited while
+    the first runs; another key is unaffected."""
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=4, max_queue=4)
+    srv = start_server(engine, api_keys=("key-one-1234", "key-two-5678"), max_streams_per_key=1,
+                       public_metrics=True)
+    try:
+        def auth(key: str) -> dict[str, Any]:
+            return {"additional_headers": {"Authorization": f"Bearer {key}"}}
+
+        async def go() -> tuple[str, str, str]:
+            a1 = await RawClient.connect_with(srv.url, **auth("key-one-1234"))
+            a2 = await RawClient.connect_with(srv.url, **auth("key-one-1234"))
+            b = await RawClient.connect_with(srv.url, **auth("key-two-5678"))
+            await a1.send({"type": "start", "id": "first", "params": PARAMS})
+            await asyncio.sleep(0.1)
+            await a2.speak("second", "Same key.")
+            refused = (await a2.next_error())["code"]
+            await b.speak("other", "Other key.")
+            other = (await b.until_done("other"))["other"].done["reason"]
+            await a1.send({"type": "text", "id": "first", "text": "Now."})
+            await a1.send({"type": "end", "id": "first"})
+            first = (await a1.until_done("first"))["first"].done["reason"]
+            for c in (a1, a2, b):
+                await c.close()
+            return refused, other, first
+
+        assert run(go()) == ("rate_limited", "end", "end")
+    finally:
+        srv.stop()
+        engine.stop()
