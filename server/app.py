@@ -194,7 +194,7 @@ class BarkServer:
         try:
             path = urlsplit(request.path).path
         except ValueError:  # e.g. "//[": not a URL at all
-            self.metrics.refused["bad_request"] += 1
+            self.metrics.refuse("bad_request")
             return _refusal(connection, 400, "malformed request target")
         if path == PATH:
             return self._admit(connection, request)
@@ -214,18 +214,18 @@ class BarkServer:
         if not self._keys.allows(request):
             return self._unauthorised(connection, PATH)
         if not origin_allowed(request, cfg.allowed_origins):
-            self.metrics.refused["origin"] += 1
+            self.metrics.refuse("origin")
             log.warning("refused a connection from %s: origin not allowed", connection.remote_address)
             return _refusal(connection, 403, "origin not allowed")
         if self._draining or self.engine_failed.is_set():
-            self.metrics.refused["unavailable"] += 1
+            self.metrics.refuse("unavailable")
             return _refusal(connection, 503, "the server is stopping", Retry_After=str(RETRY_AFTER_S))
         self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
         for gone in [c for c in self._address if c not in self._admitted]:
             self._address.pop(gone, None)
             self._key_of.pop(gone, None)
         if len(self._admitted) >= cfg.max_connections:
-            self.metrics.refused["max_connections"] += 1
+            self.metrics.refuse("max_connections")
             log.warning("refused a connection: %d open (max_connections)", len(self._admitted))
             return _refusal(connection, 503, f"too many connections (max {cfg.max_connections})",
                             Retry_After=str(RETRY_AFTER_S))
@@ -234,7 +234,7 @@ class BarkServer:
         if cfg.max_connections_per_ip is not None:
             open_here = sum(1 for a in self._address.values() if a == address)
             if open_here >= cfg.max_connections_per_ip:
-                self.metrics.refused["per_ip"] += 1
+                self.metrics.refuse("per_ip")
                 return _refusal(connection, 429, f"too many connections from your address (max "
                                 f"{cfg.max_connections_per_ip})", Retry_After=str(RETRY_AFTER_S))
         self._admitted.add(connection)
@@ -243,10 +243,10 @@ class BarkServer:
         return None
 
     def _throttled(self, what: str) -> None:
-        self.metrics.throttled[what] += 1
+        self.metrics.throttle(what)
 
     def _unauthorised(self, connection: ServerConnection, what: str) -> Response:
-        self.metrics.refused["auth"] += 1  # every refusal is counted; the log says so at most every 10 s
+        self.metrics.refuse("auth")  # every refusal is counted; the log says so at most every 10 s
         self._auth_warning(time.monotonic(), "refused %s from %s: missing or unknown API key", what,
                            connection.remote_address)
         return _refusal(connection, 401, "missing or unknown API key (Authorization: Bearer, X-API-Key "
@@ -276,7 +276,7 @@ class BarkServer:
     async def _handle(self, ws: ServerConnection) -> None:
         """One connection: run its session; an unexpected failure is logged and closes with 1011."""
         conn_id = f"c{next(self._ids)}"
-        self.metrics.connections += 1
+        self.metrics.connection_opened()
         log.info("conn %s: open from %s (%d open)", conn_id, self._address.get(ws, ws.remote_address),
                  self.metrics.connections)
         session = Session(ws, self._ctx, conn_id, key=self._key_of.get(ws))
@@ -293,5 +293,5 @@ class BarkServer:
             self._admitted.discard(ws)
             self._address.pop(ws, None)
             self._key_of.pop(ws, None)
-            self.metrics.connections -= 1
+            self.metrics.connection_closed()
             log.info("conn %s: closed (code %s, %d open)", conn_id, ws.close_code, self.metrics.connections)

@@ -57,6 +57,18 @@ class RequestState:
     ended: bool = False  # `end` received
     failure: ProtocolError | None = None  # set when the request must finish with `error` + `done(error)`
     pump: asyncio.Task[None] | None = None
+    first_audio_at: float | None = None  # loop time the first audio was queued
+    audio_s: float = 0.0  # audio queued so far
+    least_lead_s: float | None = None  # least audio ahead of real time seen (None: fewer than two chunks)
+
+    def track_lead(self, now: float, chunk_s: float) -> None:
+        """Before queueing a chunk: how far ahead of a real-time listener (started at the first audio) we are."""
+        if self.first_audio_at is None:
+            self.first_audio_at = now
+        else:
+            lead = self.audio_s - (now - self.first_audio_at)
+            self.least_lead_s = lead if self.least_lead_s is None else min(self.least_lead_s, lead)
+        self.audio_s += chunk_s
 
 
 def engine_failure(req_id: str, done: StreamDone | None) -> ProtocolError:

@@ -146,7 +146,7 @@ class Session:
             self._ws.transport.abort()
             return
         try:
-            self._ctx.metrics.errors[code] += 1
+            self._ctx.metrics.error(code)
             frame = encode_server_message(ProtocolError(code, verdict.message).to_message())
             await asyncio.wait_for(self._ws.send(frame), cfg.close_timeout)
             await asyncio.wait_for(self._ws.close(_VERDICT_CLOSE[verdict.kind], code), cfg.close_timeout)
@@ -192,7 +192,7 @@ class Session:
             log.debug("conn %s: send stopped, connection closed (%s)", self.conn_id, exc)
 
     async def _put_error(self, exc: ProtocolError) -> None:
-        self._ctx.metrics.errors[exc.code] += 1
+        self._ctx.metrics.error(exc.code)
         await self._out.put((encode_server_message(exc.to_message()), 0.0))
 
     # --- receiving -----------------------------------------------------------------
@@ -345,7 +345,7 @@ class Session:
         self._requests[msg.id] = req
         if self.key is not None:
             self._ctx.key_streams[self.key] += 1
-        self._ctx.metrics.requests_total += 1
+        self._ctx.metrics.request_started()
         req.pump = asyncio.create_task(self._pump(req), name=f"{self.conn_id} pump {msg.id}")
         if isinstance(msg, Start) and cfg.request_text_timeout is not None:
             asyncio.get_running_loop().call_later(cfg.request_text_timeout, self._text_deadline, req)
@@ -370,6 +370,8 @@ class Session:
                     if event.samples.size == 0:
                         continue
                     audio_s = event.samples.size / SAMPLE_RATE
+                    req.track_lead(asyncio.get_running_loop().time(), audio_s)
+                    self._ctx.metrics.audio_sent(audio_s)
                     await self._wait_credit(req)
                     pcm = pcm_encode(event.samples, req.encoding)
                     frame = encode_server_message(audio_message(req.id, seq, sample, pcm))
@@ -422,7 +424,9 @@ class Session:
         stats = wire_stats(done)
         ttfa = done.stats.ttfa_s if done is not None else None
         rtf = done.stats.rtf if done is not None else None
-        self._ctx.metrics.record_done(reason, ttfa, rtf)  # before any await: a disconnect cannot lose it
+        self._ctx.metrics.record_done(  # before any await: a disconnect cannot lose it
+            reason, ttfa, rtf, queued_s=done.stats.queued_s if done is not None else None,
+            stage_s=done.stats.stage_s if done is not None else None, ahead_s=req.least_lead_s)
         if failure is not None:
             await self._put_error(failure)
         await self._out.put((encode_server_message(done_message(req.id, reason, samples, stats)), 0.0))

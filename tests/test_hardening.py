@@ -496,3 +496,29 @@ def test_per_key_concurrency_cap() -> None:
     finally:
         srv.stop()
         engine.stop()
+
+
+def test_metrics_keep_their_names_and_add_the_new_signals() -> None:
+    """/metrics (prometheus-client) still exposes every name dashboards use, with TTFA buckets up to 60 s, and
+    after one request the queue-wait, per-stage, audio-ahead and audio-seconds series have observations."""
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine)
+    try:
+        assert run(healthy(srv.url)).reason == "end"
+        text = srv.http("/metrics")[2]
+        for name in ("bark_up", "bark_active_streams", "bark_paused_streams", "bark_queue_depth", "bark_connections",
+                     "bark_unacknowledged_audio_seconds", "bark_requests_total", "bark_ttfa_seconds_count",
+                     "bark_rtf_count"):
+            assert f"\n{name} " in text or text.startswith(f"{name} ") or f"{name}{{" in text, name
+        assert 'bark_requests_finished_total{reason="end"} 1.0' in text
+        assert 'bark_ttfa_seconds_bucket{le="60.0"} 1.0' in text
+        assert "_created" not in text
+        from server_fixtures import metric_value
+
+        assert metric_value(text, "bark_queue_wait_seconds_count") == 1
+        assert metric_value(text, "bark_stage_seconds_count", 'stage="semantic"') == 1
+        assert metric_value(text, "bark_audio_ahead_seconds_count") == 1
+        assert metric_value(text, "bark_audio_seconds_total") > 0
+    finally:
+        srv.stop()
+        engine.stop()
