@@ -35,8 +35,10 @@ _CJK_CHAR = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U
 # A period after these never ends a sentence (a name or a noun follows).
 _TITLES = frozenset("Dr Mr Mrs Ms Mx Prof St Mt Rev Fr Sr Jr Gen Col Capt Lt Sgt Hon Gov Sen Rep Pres Hr".split())
 _NEVER_FINAL = frozenset(["vs", "e.g", "i.e", "cf", "viz", "approx", "ca"])
-# A period after these does not end a sentence when a number follows ("No. 5").
-_BEFORE_NUMBER = frozenset("No Nos Nr Vol Fig Ch Art Sec Op p pp".split())
+# A period after these does not end a sentence when a number follows ("No. 5", "Jan. 5th", "ext. 12").
+_BEFORE_NUMBER = frozenset("No Nos Nr Vol Fig Ch Art Sec Op p pp ext Ext tel Tel Jan Feb Mar Apr Jun Jul Aug Sep "
+                           "Sept Oct Nov Dec".split())
+_INTRO_TAGS = frozenset(["[music]"])  # tags that introduce what follows (lyrics): they start the next sentence
 _LOOKAHEAD = 120  # characters read past a terminator to find the next word (tags skipped)
 _INITIALISM = re.compile(r"(?:[A-Z]\.)+[A-Z]")  # U.S, U.K, U.S.A (the final period is the terminator)
 
@@ -80,6 +82,11 @@ def _boundary_after(text: str, match: re.Match[str]) -> int | None:
     run = match.group()
     closed = _CLOSERS.match(text, match.end()).end()
     tagged = _TAGS_AFTER.match(text, closed)
+    if tagged:  # reaction tags ([laughs]) stay with the sentence before; an intro tag and all after it do not
+        intro = next((m.start() for m in _TAG.finditer(text, closed, tagged.end()) if m.group().lower() in _INTRO_TAGS),
+                     None)
+        if intro is not None:
+            tagged = _TAGS_AFTER.match(text, closed, intro) if intro > closed + 1 else None
     candidates = [tagged.end(), closed] if tagged else [closed]
     cjk = run[-1] in _CJK_ENDS  # "。." ends like ".": only a run ending in a CJK terminator needs no space
     for end in candidates:
@@ -109,6 +116,9 @@ def _keeps_together(text: str, run_start: int, run: str, space: int) -> bool:
         return True
     if word in _BEFORE_NUMBER and first.isdigit():
         return True
+    if word == "al" and text[max(0, run_start - 6):run_start].lower().endswith("et al") and (
+            first.isdigit() or following[0] in "(["):
+        return True  # "Smith et al. (2019)", "et al. 2019"
     if len(word) == 1 and word.isupper() and word != "I":
         return True  # an initial: "J. R. R. Tolkien"
     return bool(_INITIALISM.fullmatch(word))
@@ -151,13 +161,13 @@ def _cut(text: str, span: Span, positions: list[int]) -> list[Span]:
     return [(s, e) for s, e in pieces if s < e]
 
 
+def _clause_positions(text: str, span: Span) -> list[int]:
+    """Cut points after , ; : (before a space), CJK ，、；：, and dashes — –."""
+    return [match.end() for match in _CLAUSE_CUT.finditer(text, span[0], span[1])]
+
+
 def _clause_spans(text: str, span: Span) -> list[Span]:
-    """Cut after , ; : (before a space), CJK ，、；：, and dashes — –."""
-    positions = []
-    for match in _CLAUSE_CUT.finditer(text, span[0], span[1]):
-        position = match.end()
-        positions.append(position)
-    return _cut(text, span, positions)
+    return _cut(text, span, _clause_positions(text, span))
 
 
 def _word_spans(text: str, span: Span) -> list[Span]:
@@ -194,10 +204,31 @@ def _hard_split(text: str, span: Span, fits: Callable[[str], bool]) -> list[Span
     return pieces
 
 
+def _quoted_positions(text: str, span: Span) -> list[bool]:
+    """For each position of the span: inside a double quotation ("…", “…”, «…»)?"""
+    inside, depth_straight, depth_curly = [], False, 0
+    for char in text[span[0]:span[1]]:
+        inside.append(depth_straight or depth_curly > 0)
+        if char == '"':
+            depth_straight = not depth_straight
+        elif char in "“«":
+            depth_curly += 1
+        elif char in "”»":
+            depth_curly = max(0, depth_curly - 1)
+    return inside
+
+
 def _fitting_units(text: str, span: Span, fits: Callable[[str], bool]) -> list[Span]:
-    """Break a span into pieces that fit: whole, else clauses, else words, else characters."""
+    """Break a span into pieces that fit: whole, else clauses (cut outside quotations when those cuts
+    suffice), else words, else characters."""
     if fits(text[span[0] : span[1]]):
         return [span]
+    quoted = _quoted_positions(text, span)
+    outside = [p for p in _clause_positions(text, span) if not quoted[p - span[0] - 1]]
+    if outside:
+        clauses = _cut(text, span, outside)
+        if all(fits(text[a:b]) for a, b in clauses):
+            return clauses
     units: list[Span] = []
     for clause in _clause_spans(text, span):
         if fits(text[clause[0] : clause[1]]):

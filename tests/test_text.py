@@ -87,6 +87,11 @@ SPLITS = [
     ("“Really?” she asked. Yes.", ["“Really?” she asked.", "Yes."]),
     ("(This is an aside.) Back to it.", ["(This is an aside.)", "Back to it."]),
     ("Hello. [laughs] How are you?", ["Hello. [laughs]", "How are you?"]),
+    ("It happened on Jan. 5th in Paris. Then we left.", ["It happened on Jan. 5th in Paris.", "Then we left."]),
+    ("Smith et al. (2019) showed it. Good.", ["Smith et al. (2019) showed it.", "Good."]),
+    ("Call ext. 5 now. Thanks.", ["Call ext. 5 now.", "Thanks."]),
+    ("The end. [music] ♪ Happy birthday to you ♪", ["The end.", "[music] ♪ Happy birthday to you ♪"]),
+    ("Bravo! [applause] [music] ♪ La la ♪", ["Bravo! [applause]", "[music] ♪ La la ♪"]),
     ("That was funny! [laughs] [music]", ["That was funny! [laughs] [music]"]),
     ("[clears throat] Ladies and gentlemen. Welcome.", ["[clears throat] Ladies and gentlemen.", "Welcome."]),
     ("[laughs]", ["[laughs]"]),
@@ -280,3 +285,35 @@ def test_estimate_seconds_rates() -> None:
     assert estimate_seconds("x" * 30) == pytest.approx(2.0)
     assert estimate_seconds("你好世界你好世界你") == pytest.approx(2.0)
     assert estimate_seconds("[laughs] ...") == pytest.approx(max(1 / 2.75, 6 / 15))
+
+
+def test_long_sentence_is_not_cut_inside_a_quotation() -> None:
+    """A sentence over the limit is cut at clause marks outside the quotation when those cuts suffice,
+    so no segment ends inside "Goodnight, everyone, and thank you,"."""
+    text = ('She smiled at them all — and then she said, "Goodnight, everyone, and thank you," and walked away '
+            "into the night.")
+    pieces = segment_text(text, lambda s: len(s.split()), max_tokens=12, first_clause=False)
+    assert len(pieces) > 1
+    quote = text[text.index('"'):text.rindex('"') + 1]
+    assert any(quote in piece for piece in pieces), pieces
+
+
+def test_segmenter_is_linear_on_unbroken_text() -> None:
+    """20,000 characters of CJK without punctuation, and of emoji with combining marks: the number of tokenizer
+    calls grows linearly with the text (bisecting the whole span each time was quadratic). No timing."""
+    import random
+
+    rng = random.Random(0)
+    cjk = "".join(chr(rng.randint(0x4E00, 0x9FFF)) for _ in range(20_000))
+    calls: list[int] = []
+
+    def count(piece: str) -> int:
+        calls.append(len(piece))
+        return len(piece)
+
+    for n in (5_000, 20_000):
+        calls.clear()
+        pieces = segment_text(cjk[:n], count, first_clause=False)
+        assert "".join(pieces) == cjk[:n]
+        per_char = sum(calls) / n  # characters read by the tokenizer per input character
+        assert per_char < 12, (n, per_char)
