@@ -78,6 +78,7 @@ class EngineConfig:
     segment_overlap: int = 240  # samples crossfaded where two text segments join (10 ms)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     idle_wait_s: float = 0.05  # how long an idle engine sleeps between checks
+    evict_after_s: float = 1.0  # a stream paused this long gives its slots to waiting streams, resumes later
     threads: int | None = None  # torch intra-op threads of the engine thread; None = compute_threads()
     static_shapes: bool = False  # decode steps at bucketed static shapes (what CUDA graphs need; CPU tests it)
     cuda_graphs: bool = False  # capture the semantic and coarse decode steps as CUDA graphs at start (GPU only)
@@ -242,8 +243,8 @@ class Engine:
         goes first, then first come first served.
         """
         cap = self.config.max_streams_per_owner
-        while self._queue and len(self._active) < self.config.max_streams:
-            held = collections.Counter(s.request.owner for s in self._active.values())
+        while self._queue and sum(not s.evicted for s in self._active.values()) < self.config.max_streams:
+            held = collections.Counter(s.request.owner for s in self._active.values() if not s.evicted)
             best = None
             for i, stream in enumerate(self._queue):
                 h = stream.handle
@@ -267,20 +268,42 @@ class Engine:
     # ------------------------------------------------------------- text & controls
     def _apply_controls(self, streams: list[Stream]) -> None:
         """Take each stream's cancel flag and the segments its caller prepared (no text work here)."""
+        now = time.perf_counter()
+        waiting = bool(self._queue)
         for stream in streams:
             h = stream.handle
             with h._lock:
-                cancelled, ready, ended = h.cancelled, h.ready, h.text_ended
+                cancelled, ready, ended, paused = h.cancelled, h.ready, h.text_ended, h.paused
                 h.ready = []
             if cancelled:
                 self._end(stream, "cancelled")
                 continue
+            self._pace(stream, paused, now, waiting)
             try:
                 for prepared in ready:
                     self._add_segment(stream, prepared)
                 stream.text_done = ended
             except Exception as exc:
                 self._fail(stream, exc)
+
+    def _pace(self, stream: Stream, paused: bool, now: float, waiting: bool) -> None:
+        """A stream whose consumer stalled keeps its slot briefly (backpressure is usually short); after
+        evict_after_s, if others wait, it gives its KV slots back and stops counting against max_streams.
+        Once resumed it re-reads its prompts into fresh slots (as soon as slots are free) and goes on."""
+        if not paused:
+            stream.paused_since = None
+            stream.evicted = False
+            return
+        if stream.paused_since is None:
+            stream.paused_since = now
+        if stream.evicted or not waiting or now - stream.paused_since < self.config.evict_after_s:
+            return
+        for seg in stream.segments:
+            self.semantic.release(seg)
+            self.coarse.release(seg)
+        stream.evicted = True
+        logger.info("stream %d (%s) evicted: its reader stalled for %.1f s", stream.id,
+                    stream.request.request_id, now - stream.paused_since)
 
     def _add_segment(self, stream: Stream, prepared: PreparedSegment) -> None:
         index = len(stream.segments)

@@ -62,6 +62,7 @@ class CoarseState:
     window_pos: int = 0  # tokens generated in the current window (0 = no window open)
     pending: int | None = None  # last sampled token, fed at the next decode step
     done: bool = False
+    window_prompt: np.ndarray | None = None  # the open window's prompt (to rebuild its cache after eviction)
 
 
 @dataclass

@@ -176,6 +176,8 @@ class Stream:
     overlap: int = 240  # samples crossfaded at segment joins
     stats: StreamStats = field(default_factory=StreamStats)
     spans_sent: int = 0  # segments whose audio is complete and whose span was emitted
+    paused_since: float | None = None  # when its consumer stalled (handle.paused), None while running
+    evicted: bool = False  # paused long enough that its KV slots were given to others; resumes later
     done: bool = False
 
     @property

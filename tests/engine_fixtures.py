@@ -48,3 +48,8 @@ def run(engine: Engine, request: SpeechRequest, timeout: float = 120):
             done = event
     audio = np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
     return audio, chunks, spans, done
+
+
+def collect_events(handle, timeout: float = 120) -> list:
+    """Every remaining event of a handle, StreamDone last."""
+    return list(handle.events(timeout=timeout))

@@ -522,3 +522,36 @@ def test_metrics_keep_their_names_and_add_the_new_signals() -> None:
     finally:
         srv.stop()
         engine.stop()
+
+
+def test_stalled_stream_is_evicted_and_resumes_later() -> None:
+    """One slot. A stream whose reader stalls (paused) gives its slot to a waiting request after evict_after_s;
+    that request runs to its end; resumed, the stalled stream re-reads its prompts and finishes with the same
+    tokens as when it runs alone (greedy)."""
+    import numpy as np
+
+    from engine_fixtures import collect_events, tiny_parts
+    from engine_fixtures import make_engine as make_tiny_engine
+    from streaming.params import SamplingParams
+    from streaming.stream import SpeechRequest
+
+    eng = make_tiny_engine(tiny_parts(), max_streams=1, max_queue=4, evict_after_s=0.05)
+    try:
+        long = SpeechRequest(text="A long stream that stalls.", return_tokens=True,
+                             sampling=SamplingParams(greedy=True, max_semantic_tokens=120))
+        alone = collect_events(eng.submit(long))[-1]
+        h = eng.submit(long)
+        first = next(iter(h.events(timeout=60)))  # its first audio: semantic and coarse are mid-way
+        assert first is not None
+        h.pause()
+        other = eng.submit(SpeechRequest(text="I get the slot.", sampling=SamplingParams(greedy=True,
+                                                                                         max_semantic_tokens=10)))
+        assert collect_events(other)[-1].reason == "end"  # ran while the stalled stream was parked
+        h.resume()
+        done = collect_events(h)[-1]
+        assert done.reason == "end"
+        for a, b in zip(alone.tokens, done.tokens):
+            assert np.array_equal(a.semantic, b.semantic) and np.array_equal(a.coarse, b.coarse)
+            assert np.array_equal(a.fine, b.fine)
+    finally:
+        eng.stop()

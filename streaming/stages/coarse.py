@@ -75,6 +75,14 @@ def window_prompt(seg: Segment) -> np.ndarray:
     return coarse_window_prompt(x_semantic[start:end], tokens)
 
 
+def resume_prompt(seg: Segment) -> np.ndarray:
+    """The open window's prompt plus the tokens it had fed: rebuilds an evicted segment's cache exactly
+    as it was (the pending token, sampled but not fed, is fed by the next step)."""
+    st = seg.co
+    fed = seg.coarse[st.n_step - st.window_pos: st.n_step - 1]
+    return np.concatenate([st.window_prompt, np.asarray(fed, dtype=np.int64)])
+
+
 def prompt_length(seg: Segment) -> int:
     """Positions of the next window's prompt (256 semantic + infer + <= 630 coarse history)."""
     st = ensure_state(seg)
@@ -113,6 +121,8 @@ class CoarseStage:
             if not window_ready(seg, policy):
                 return None
             return StageWork("prefill", cost=prompt_length(seg), needs_slot=st.slot is None)
+        if st.slot is None:  # evicted inside a window: rebuild its cache (prompt + tokens fed), then go on
+            return StageWork("prefill", cost=len(st.window_prompt) + st.window_pos - 1, needs_slot=True)
         return StageWork("step") if (seg.sem.done or st.n_step < step_bound(seg)) else None
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
@@ -125,13 +135,22 @@ class CoarseStage:
             for seg in segs:
                 if seg.co.slot is None:
                     seg.co.slot = self.cache.allocate()
-            prompts = [window_prompt(seg) for seg in segs]
+            prompts = [resume_prompt(seg) if seg.co.window_pos else window_prompt(seg) for seg in segs]
+            for seg, p in zip(segs, prompts):
+                if not seg.co.window_pos:
+                    seg.co.window_prompt = p
             lengths = [len(p) for p in prompts]
             idx = np.zeros((len(prompts), max(lengths)), dtype=np.int64)  # right padding, never attended to
             for row, p in zip(idx, prompts):
                 row[: len(p)] = p
             logits = self.model.prefill(upload(idx, device), self.cache, [s.co.slot for s in segs],
                                         rows=COARSE_HEAD_ROWS, lengths=lengths)  # [B, 2048]
+            fresh = [i for i, s in enumerate(segs) if s.co.window_pos == 0]  # resumed ones keep their pending token
+            if len(fresh) < len(segs):
+                if not fresh:
+                    return
+                segs, params = [segs[i] for i in fresh], [params[i] for i in fresh]
+                logits = logits[upload(fresh, logits.device)]
         else:  # feed each segment's pending token
             order = by_slot([s.co.slot for s in segs])
             segs, params = [segs[i] for i in order], [params[i] for i in order]

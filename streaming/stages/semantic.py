@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bark import semantic_cap, semantic_step
-from ..constants import COARSE_WINDOW_LEN, SEMANTIC_PROMPT_LEN
+from ..constants import COARSE_WINDOW_LEN, MAX_TEXT_TOKENS, SEMANTIC_PROMPT_LEN
 from ..devices import upload
 from ..models.gpt import GPT
 from ..models.static_step import StaticDecoder
@@ -59,7 +59,7 @@ class SemanticStage:
         if seg.sem.done:
             return None
         if seg.sem.slot is None:
-            return StageWork("prefill", cost=SEMANTIC_PROMPT_LEN, needs_slot=True)
+            return StageWork("prefill", cost=SEMANTIC_PROMPT_LEN + max(0, len(seg.semantic) - 1), needs_slot=True)
         return None if semantic_ahead(seg) else StageWork("step")
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
@@ -68,10 +68,22 @@ class SemanticStage:
             for seg in segs:
                 if seg.sem.slot is None:
                     seg.sem.slot = self.cache.allocate()
-            prompts = np.stack([semantic_prompt(s.text_ids, None if s.voice is None else s.voice.semantic)
-                                for s in segs])
-            logits = self.model.prefill(upload(prompts, device), self.cache,
-                                        [s.sem.slot for s in segs], merge_context=True)  # [B, V]
+            # a resumed segment (evicted while its reader stalled) re-reads the tokens it had fed
+            prompts = [np.concatenate([semantic_prompt(s.text_ids, None if s.voice is None else s.voice.semantic),
+                                       np.asarray(s.semantic[:-1] if s.sem.pending is not None else [], np.int64)])
+                       for s in segs]
+            lengths = [len(p) - MAX_TEXT_TOKENS for p in prompts]  # positions after merging text and history
+            idx = np.zeros((len(prompts), max(len(p) for p in prompts)), dtype=np.int64)
+            for row, p in zip(idx, prompts):
+                row[: len(p)] = p
+            logits = self.model.prefill(upload(idx, device), self.cache, [s.sem.slot for s in segs],
+                                        merge_context=True, lengths=lengths)  # [B, V]
+            fresh = [i for i, s in enumerate(segs) if s.sem.pending is None]  # resumed ones keep their pending token
+            if len(fresh) < len(segs):
+                if not fresh:
+                    return
+                segs, params = [segs[i] for i in fresh], [params[i] for i in fresh]
+                logits = logits[upload(fresh, logits.device)]
         else:  # feed each segment's pending token
             order = by_slot([s.sem.slot for s in segs])
             segs, params = [segs[i] for i in order], [params[i] for i in order]
@@ -99,6 +111,8 @@ class SemanticStage:
         self.release(seg)
 
     def release(self, seg: Segment) -> None:
+        """Give the slot back. A segment still generating can resume later: its next prefill re-reads
+        the prompt and the tokens it had fed (same numbers up to float rounding of a prefill)."""
         if seg.sem.slot is not None:
             self.cache.release(seg.sem.slot)
             seg.sem.slot = None
