@@ -1,6 +1,6 @@
 """Time per autoregressive step against its floor (the same linear layers alone).
 
-    python bench/ar_step.py [--shape small|large] [--batch 1 8]
+    python bench/ar_step.py [--shape small|large] [--batch 1 8] [--quantize int8]
 
 A decode step of Bark's causal GPT is memory bound: every weight is read once.
 The floor is those reads and nothing else: the step's Linear layers (c_attn,
@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--shape", default="small", choices=("small", "large"))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                    help="int8: also time bf16 steps with int8 weight-only linear layers")
     a = ap.parse_args()
     print(f"machine: {machine()}")
     models = build_models(SHAPES[a.shape], f"random-{a.shape}", seed=0)
@@ -87,6 +89,28 @@ def main() -> None:
                       f"ratio {step / floor:4.2f}; K/V {str(cache.dtype)[6:]} {kv / 2**20:.0f} MiB vs weights "
                       f"{w / 2**20:.0f} MiB, floor+kv {floor_kv * 1e3:6.2f} ms, ratio {step / floor_kv:4.2f}")
             model.to(torch.float32)
+    if a.quantize == "int8":
+        int8_rows(models, a.batch)
+
+
+def int8_rows(models, batches: list[int]) -> None:
+    """bf16 activations, int8 weights: the step and its ratio to the bf16 step measured just before."""
+    import copy
+
+    from streaming.models.quant import quantize_gpt
+
+    for name in ("text", "coarse"):
+        bf16 = copy.deepcopy(getattr(models, name)).to(torch.bfloat16)
+        int8 = quantize_gpt(copy.deepcopy(bf16))
+        for B in batches:
+            times = {}
+            for label, model in (("bf16", bf16), ("int8", int8)):
+                cache = model.new_cache(B)
+                slots = [cache.allocate() for _ in range(B)]
+                times[label] = median_time(step_fn(model, cache, slots, torch.zeros(B, dtype=torch.long)))
+            weights = sum(b.numel() for b in int8.buffers() if b.dtype == torch.int8)
+            print(f"{name:6s} int8 B={B}: step {times['int8'] * 1e3:6.2f} ms vs bf16 {times['bf16'] * 1e3:6.2f} ms, "
+                  f"ratio {times['int8'] / times['bf16']:4.2f} (int8 weights {weights / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         parse_params(args.params)  # the server's own checks, so mistakes show before connecting
     except ProtocolError as e:
-        key, _, problem = e.message.removeprefix("params.").partition(":")
-        parser.error(f"--{key.replace('_', '-')}:{problem}")
+        if e.field is None or not e.field.startswith("params."):
+            parser.error(e.message)
+        key = e.field.removeprefix("params.")
+        parser.error(f"--{key.replace('_', '-')}{e.message.removeprefix(e.field)}")
     if args.device is not None and args.device.isdigit():
         args.device = int(args.device)
     return args

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--codec-dtype", default=d.codec_dtype,
                        help="EnCodec precision: auto (= fp32), fp32, fp16, bf16 (default auto; see README for "
                             "the measured SNR of each)")
+    model.add_argument("--quantize", choices=("none", "int8"), default=d.quantize,
+                       help="int8: weight-only int8 text and coarse GPTs, CPU only (default none)")
     model.add_argument("--cuda-graphs", action="store_true",
                        help="capture the semantic and coarse decode steps as CUDA graphs before the port opens "
                             "(GPU only; default off)")
@@ -131,11 +133,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """ServerConfig from parsed arguments; ConfigError / ValueError name the bad option."""
     try:
         limits = Limits(**{name: getattr(args, name) for name in _LIMIT_FIELDS})
-    except ValueError as exc:
-        raise ConfigError(str(exc).replace("Limits.", "--").replace("_", "-")) from None
+    except ConfigError as exc:
+        flag = "--" + (exc.field or "").replace("_", "-")
+        raise ConfigError(flag + str(exc).removeprefix(f"Limits.{exc.field}"), field=exc.field) from None
     return ServerConfig(
         host=args.host, port=args.port, model=args.model, device=args.device, dtype=args.dtype,
-        codec=args.codec, codec_dtype=args.codec_dtype, cuda_graphs=args.cuda_graphs, tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
+        codec=args.codec, codec_dtype=args.codec_dtype, cuda_graphs=args.cuda_graphs, quantize=args.quantize,
+        tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
         offline=args.offline, max_streams=args.max_streams, max_queue=args.max_queue,
         max_connections=args.max_connections, limits=limits,
         max_streams_per_connection=args.max_streams_per_connection,

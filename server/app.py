@@ -54,6 +54,7 @@ def create_engine(config: ServerConfig) -> Engine:
         dtype=config.dtype,
         codec=config.codec,
         codec_dtype=config.codec_dtype,
+        quantize=config.quantize,
         tokenizer=config.tokenizer,
         voices_dir=config.voices_dir,
         local_files_only=config.offline,

@@ -43,6 +43,7 @@ class ServerConfig:
     codec: str = "pretrained"  # pretrained | random | random-tiny | path to a saved codec state
     codec_dtype: str = "auto"  # auto (fp32) | fp32 | fp16 | bf16: the EnCodec decoder's precision
     cuda_graphs: bool = False  # capture the decode steps as CUDA graphs at start (GPU only)
+    quantize: str = "none"  # none | int8: weight-only int8 text and coarse GPTs (CPU only)
     tokenizer: str | None = None  # local dir with vocab.txt, or a hub repo; None = bert-base-multilingual-cased
     voices_dir: Path | None = None  # directory of voice presets (Suno or transformers layout)
     default_voice: str | None = None  # voice for requests that name none; None = no voice prompt

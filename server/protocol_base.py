@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from streaming.errors import ConfigError
+
 PROTOCOL_VERSION = 1
 PATH = "/v1/stream"
 ENCODINGS = ("pcm_s16le", "pcm_f32le")
@@ -30,13 +32,14 @@ class Limits:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Limits.{name}: expected a positive integer, got {value!r}")
+                raise ConfigError(f"Limits.{name}: expected a positive integer, got {value!r}", field=name)
         if self.max_text_chars > self.max_request_chars:
-            raise ValueError(
-                f"Limits.max_text_chars ({self.max_text_chars}) exceeds max_request_chars ({self.max_request_chars})"
-            )
+            raise ConfigError(
+                f"Limits.max_text_chars ({self.max_text_chars}) exceeds max_request_chars ({self.max_request_chars})",
+                field="max_text_chars")
         if self.max_depth < 2:
-            raise ValueError(f"Limits.max_depth: {self.max_depth} leaves no room for `params` (need >= 2)")
+            raise ConfigError(f"Limits.max_depth: {self.max_depth} leaves no room for `params` (need >= 2)",
+                              field="max_depth")
 
     def to_wire(self) -> dict[str, int]:
         """The `limits` map of the `ready` message."""

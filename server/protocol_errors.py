@@ -59,6 +59,7 @@ class ProtocolError(Exception):
         fatal: bool | None = None,
         close_code: int | None = None,
         retry_after_ms: int | None = None,
+        field: str | None = None,
     ) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"code: {code!r} is not one of {', '.join(ERROR_CODES)}")
@@ -73,6 +74,7 @@ class ProtocolError(Exception):
         else:
             self.close_code = None
         self.retry_after_ms = retry_after_ms
+        self.field = field  # the field at fault (e.g. "params.top_k"), for callers; not sent on the wire
 
     def to_message(self) -> dict[str, Any]:
         """The `error` message (a dict ready for `encode_server_message`)."""

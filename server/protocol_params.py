@@ -59,7 +59,8 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
         "str": isinstance(value, str),
     }[base]
     if not ok:
-        raise ProtocolError("bad_field", f"params.{key}: expected {_EXPECTED[kind]}, got {wire_type(value)}")
+        raise ProtocolError("bad_field", f"params.{key}: expected {_EXPECTED[kind]}, got {wire_type(value)}",
+                            field=f"params.{key}")
     return float(value) if base == "number" else value
 
 
@@ -73,7 +74,7 @@ def _build(cls: type, kwargs: dict[str, Any]) -> Any:
             raise ProtocolError("bad_field", f"params: {exc}") from None
         message = str(exc)
         problem = message[len(exc.field) + 1:] if message.startswith(f"{exc.field}:") else f" {message}"
-        raise ProtocolError("bad_field", f"params.{key}:{problem}") from None
+        raise ProtocolError("bad_field", f"params.{key}:{problem}", field=f"params.{key}") from None
 
 
 def parse_params(raw: Any) -> tuple[SamplingParams, StreamPolicy]:

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--codec", default="pretrained", help="pretrained, random, or an EnCodec state-dict file")
     g.add_argument("--tokenizer", default=None, help="directory with vocab.txt, or a hub repo")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: weight-only int8 text and coarse GPTs (CPU only; measure fidelity first)")
     g.add_argument("--local-files-only", action="store_true", help="never touch the network")
     g = p.add_argument_group("voice")
     g.add_argument("--voice", default=None, help="preset name (v2/en_speaker_6, announcer, ...) or .npz path")
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
             serial_main_thread()  # compute belongs to the engine thread
         engine = load_engine(a.model, device=a.device, dtype=a.dtype, codec=a.codec, tokenizer=a.tokenizer,
-                             voices_dir=a.voices, local_files_only=a.local_files_only, threads=a.threads)
+                             voices_dir=a.voices, local_files_only=a.local_files_only, threads=a.threads,
+                             quantize=a.quantize)
         voice = load_voice(a.voice, voices_dir=a.voices, local_files_only=a.local_files_only)
         t0 = time.perf_counter()
         if a.mode == "offline":

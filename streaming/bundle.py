@@ -9,6 +9,7 @@ import torch
 
 from .codec import load_codec
 from .engine import Engine, EngineConfig
+from .models.quant import quantize_models
 from .tokenizer import load_tokenizer
 from .weights import load_models
 
@@ -27,16 +28,19 @@ def load_engine(
     config: EngineConfig | None = None,
     local_files_only: bool = False,
     threads: int | None = None,
+    quantize: str = "none",
 ) -> Engine:
     """Models + codec + tokenizer -> an Engine (not started).
 
+    `quantize` "int8" stores the text and coarse GPTs' linear layers as int8 (CPU only).
     `codec` is "pretrained", "random" or a state-dict path, decoded in `codec_dtype`
     ("auto" = fp32: half precision is opt-in, see codec.CODEC_DTYPES); `tokenizer` a
     local directory with vocab.txt or a hub repo (default bert-base-multilingual-cased).
     """
     if threads:
         torch.set_num_threads(threads)
-    models = load_models(model, device=device, dtype=dtype, local_files_only=local_files_only)
+    models = quantize_models(load_models(model, device=device, dtype=dtype, local_files_only=local_files_only),
+                             quantize)
     codec_model = load_codec(codec, device=models.device, dtype=codec_dtype)
     tok = load_tokenizer(tokenizer, local_files_only=local_files_only)
     return Engine(models, codec_model, tok, config or EngineConfig(),

@@ -47,11 +47,11 @@ class BarkModels:
 
     @property
     def device(self) -> torch.device:
-        return self.text.lm_head.weight.device
+        return self.text.transformer.wte.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.text.lm_head.weight.dtype
+        return self.text.transformer.wte.weight.dtype
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> BarkModels:
         for m in (self.text, self.coarse, self.fine):

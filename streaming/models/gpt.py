@@ -201,7 +201,7 @@ class GPT(nn.Module):
         model's dtype and decode attention uses SDPA. `kernel` forces either path.
         """
         cfg = self.config
-        w = self.lm_head.weight
+        w = self.transformer.wte.weight  # (the head may be an int8 layer with no float weight)
         return KVCache(
             kernel=kernel,
             n_layer=cfg.n_layer,
@@ -236,6 +236,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if rows is None:
             return self.lm_head(x)
+        if not isinstance(self.lm_head, nn.Linear):  # an int8 head slices its own rows
+            return self.lm_head(x, rows)
         return F.linear(x, self.lm_head.weight[rows[0]:rows[1]])  # [B, hi - lo]
 
     @torch.inference_mode()

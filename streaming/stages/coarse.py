@@ -126,7 +126,7 @@ class CoarseStage:
         return StageWork("step") if (seg.sem.done or st.n_step < step_bound(seg)) else None
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
-        device = self.model.lm_head.weight.device
+        device = self.model.transformer.wte.weight.device
         if action == "finish":
             for seg in segs:
                 self.finish(seg)

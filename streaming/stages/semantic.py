@@ -63,7 +63,7 @@ class SemanticStage:
         return None if semantic_ahead(seg) else StageWork("step")
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
-        device = self.model.lm_head.weight.device
+        device = self.model.transformer.wte.weight.device
         if action == "prefill":  # prompt [B, 513] (merged to 257 positions), then sample token 0
             for seg in segs:
                 if seg.sem.slot is None:
