@@ -61,8 +61,8 @@ def compare(name: str, fp32, int8, cases, merge: bool, rows, columns: slice, off
         kls.append((a.exp() * (a - b)).sum(-1))
         agree.append(a.argmax(-1) == b.argmax(-1))
     kl, same = torch.cat(kls).numpy(), torch.cat(agree).float().numpy()
-    print(f"{name:8s} {len(kl):5d} steps: KL(fp32||int8) mean {kl.mean():.4f} p95 {np.percentile(kl, 95):.4f} "
-          f"max {kl.max():.4f} nats; greedy agreement {same.mean():.1%}")
+    print(f"{name:8s} {len(kl):5d} steps: KL(fp32||int8) mean {kl.mean():.2e} p95 {np.percentile(kl, 95):.2e} "
+          f"max {kl.max():.2e} nats; greedy agreement {same.mean():.1%}")
 
 
 def main() -> None:
