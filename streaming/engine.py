@@ -356,9 +356,15 @@ class Engine:
                 if not s.done:
                     self._execute([w])
             return
-        share = (time.perf_counter() - t0) / len(batch)
+        end = time.perf_counter()
+        share = (end - t0) / len(batch)
+        mark = f"{batch[0].stage}/{batch[0].action}"
         for w, s in zip(batch, streams):
             s.stats.stage_s[w.stage] = s.stats.stage_s.get(w.stage, 0.0) + share
+            if mark not in s.stats.first_s:  # the first-audio critical path, link by link
+                s.stats.first_s[mark] = end - s.submitted
+                if mark == "coarse/prefill" and s.segments:
+                    s.stats.semantic_at_first_window = len(s.segments[0].semantic)
 
     def _postprocess(self, streams: list[Stream]) -> None:
         """Emit the audio and segment spans the tick produced; end the streams that are complete."""

@@ -41,6 +41,11 @@ class StreamStats:
     stage_s: dict[str, float] = field(default_factory=dict)  # compute seconds per stage
     tokens: dict[str, int] = field(default_factory=dict)  # semantic tokens, coarse/fine frames
     samples: int = 0
+    # the first-audio critical path: submit -> end of the first batch of each "stage action" this stream ran
+    # (semantic/prefill, coarse/prefill, fine/window, decode/chunk, ...), and the semantic tokens that existed
+    # when the first coarse window opened. Engine-side only (not in `as_dict`, so not on the wire).
+    first_s: dict[str, float] = field(default_factory=dict)
+    semantic_at_first_window: int | None = None
 
     @property
     def audio_s(self) -> float:
