@@ -27,6 +27,8 @@ def test_int8_linear_is_the_dequantised_matmul() -> None:
     torch.testing.assert_close(q(x), x @ deq.T + lin.bias.detach(), rtol=0, atol=1e-4)
     torch.testing.assert_close(q(x, (10, 20)), (x @ deq.T + lin.bias.detach())[:, 10:20], rtol=0, atol=1e-4)
     assert ((deq - lin.weight.detach()).abs() <= q.scales[:, None] / 2 + 1e-7).all()
+    many = torch.randn(3, 40, 64)  # 120 rows: a prefill, computed by the dense path
+    torch.testing.assert_close(q(many), many @ deq.T + lin.bias.detach(), rtol=0, atol=1e-4)
 
 
 def test_int8_models_generate_end_to_end() -> None:

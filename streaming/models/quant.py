@@ -25,6 +25,9 @@ from .fine_gpt import FineGPT
 from .gpt import GPT
 
 QUANTIZE_MODES = ("none", "int8")
+# Above this many rows (prompt prefills: up to 887 positions x streams) the packed weight-only kernel is
+# slower than dequantising the weight once and running a dense GEMM in the activations' dtype.
+PACKED_MAX_ROWS = 32
 
 
 class Int8Linear(nn.Module):
@@ -44,7 +47,11 @@ class Int8Linear(nn.Module):
         w, s, b = self.weight_int8, self.scales, self.bias
         if rows is not None:
             w, s, b = w[rows[0]:rows[1]], s[rows[0]:rows[1]], None if b is None else b[rows[0]:rows[1]]
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]), w, s)
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.shape[0] > PACKED_MAX_ROWS:  # prompt prefills: compute bound, a dense GEMM is faster
+            y = torch.nn.functional.linear(x2, w.to(x.dtype) * s[:, None].to(x.dtype))
+        else:  # decode steps: bound by weight bytes, the packed int8 kernel reads a quarter of fp32's
+            y = torch.ops.aten._weight_int8pack_mm(x2, w, s)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if b is None else y + b
 
