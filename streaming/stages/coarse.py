@@ -22,9 +22,6 @@ import numpy as np
 
 from ..bark import coarse_step
 from ..constants import COARSE_SEMANTIC_WINDOW, COARSE_WINDOW_LEN, MAX_COARSE_HISTORY, SEMANTIC_TO_COARSE_RATIO
-from ..devices import upload
-from ..models.gpt import GPT
-from ..models.static_step import StaticDecoder
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import (
     COARSE_HEAD_ROWS,
@@ -34,7 +31,8 @@ from ..prompts import (
     coarse_window_semantic_span,
 )
 from ..segment import CoarseState, Segment, for_each_row
-from .base import StageWork, by_slot
+from .base import StageWork
+from .causal import CausalStage
 
 
 def ensure_state(seg: Segment) -> CoarseState:
@@ -89,24 +87,12 @@ def prompt_length(seg: Segment) -> int:
     return COARSE_SEMANTIC_WINDOW + 1 + min(MAX_COARSE_HISTORY, len(st.coarse_hist) + len(seg.coarse))
 
 
-ROWS = COARSE_HEAD_ROWS  # the coarse step needs only the two coarse codebooks' logits
-
-
-class CoarseStage:
+class CoarseStage(CausalStage):
     """Owns the coarse model's KV cache; opens windows and steps batches."""
 
     name = "coarse"
     model_actions = frozenset({"prefill", "step"})
-
-    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False) -> None:
-        self.model = model
-        self.cache = model.new_cache(n_slots + 1 if (static or graphs) else n_slots)
-        self.static = None  # steps at bucketed static shapes (CUDA graphs on GPUs): models/static_step.py
-        if static or graphs:
-            self.static = StaticDecoder(model, self.cache, self.cache.allocate(), ROWS, graphs=graphs)
-
-    def free_slots(self) -> int:
-        return self.cache.n_free
+    rows = COARSE_HEAD_ROWS  # the coarse step needs only the two coarse codebooks' logits
 
     def work(self, seg: Segment, policy: StreamPolicy) -> StageWork | None:
         """'prefill' (open a window), 'step' (inside one), 'finish' (all steps taken) or None."""
@@ -126,7 +112,6 @@ class CoarseStage:
         return StageWork("step") if (seg.sem.done or st.n_step < step_bound(seg)) else None
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
-        device = self.model.transformer.wte.weight.device
         if action == "finish":
             for seg in segs:
                 self.finish(seg)
@@ -139,26 +124,13 @@ class CoarseStage:
             for seg, p in zip(segs, prompts):
                 if not seg.co.window_pos:
                     seg.co.window_prompt = p
-            lengths = [len(p) for p in prompts]
-            idx = np.zeros((len(prompts), max(lengths)), dtype=np.int64)  # right padding, never attended to
-            for row, p in zip(idx, prompts):
-                row[: len(p)] = p
-            logits = self.model.prefill(upload(idx, device), self.cache, [s.co.slot for s in segs],
-                                        rows=COARSE_HEAD_ROWS, lengths=lengths)  # [B, 2048]
-            fresh = [i for i, s in enumerate(segs) if s.co.window_pos == 0]  # resumed ones keep their pending token
-            if len(fresh) < len(segs):
-                if not fresh:
-                    return
-                segs, params = [segs[i] for i in fresh], [params[i] for i in fresh]
-                logits = logits[upload(fresh, logits.device)]
+            batch = self.prefill_rows(segs, params, [s.co.slot for s in segs], prompts,
+                                      [s.co.window_pos == 0 for s in segs])
+            if batch is None:
+                return
         else:  # feed each segment's pending token
-            order = by_slot([s.co.slot for s in segs])
-            segs, params = [segs[i] for i in order], [params[i] for i in order]
-            pending, slots = [s.co.pending for s in segs], [s.co.slot for s in segs]
-            if self.static is not None:
-                logits = self.static(pending, slots)
-            else:
-                logits = self.model.decode(upload(pending, device), self.cache, slots, rows=COARSE_HEAD_ROWS)
+            batch = self.step_rows(segs, params, [s.co.pending for s in segs], [s.co.slot for s in segs])
+        segs, params, logits = batch
         tokens = coarse_step(logits, [s.co.n_step for s in segs], params, [s.generator for s in segs])
         for_each_row(list(zip(segs, tokens.tolist())), self._accept_row)
 

@@ -12,15 +12,12 @@ import numpy as np
 
 from ..bark import semantic_cap, semantic_step
 from ..constants import COARSE_WINDOW_LEN, MAX_TEXT_TOKENS, SEMANTIC_PROMPT_LEN
-from ..devices import upload
-from ..models.gpt import GPT
-from ..models.static_step import StaticDecoder
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import coarse_window_semantic_span, semantic_prompt
 from ..segment import Segment, for_each_row
-from .base import StageWork, by_slot
+from .base import StageWork
+from .causal import CausalStage
 
-ROWS = None  # the text model's whole head (semantic tokens + EOS are read from it)
 SEMANTIC_LEAD = 8  # semantic tokens (~0.16 s of speech) kept ready beyond the next coarse window's needs
 
 
@@ -39,21 +36,12 @@ def semantic_ahead(seg: Segment) -> bool:
     return len(co.sem_hist) + len(seg.semantic) >= end + SEMANTIC_LEAD
 
 
-class SemanticStage:
+class SemanticStage(CausalStage):
     """Owns the text model's KV cache; advances batches of segments."""
 
     name = "semantic"
     model_actions = frozenset({"prefill", "step"})
-
-    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False) -> None:
-        self.model = model
-        self.cache = model.new_cache(n_slots + 1 if (static or graphs) else n_slots)
-        self.static = None  # steps at bucketed static shapes (CUDA graphs on GPUs): models/static_step.py
-        if static or graphs:
-            self.static = StaticDecoder(model, self.cache, self.cache.allocate(), ROWS, graphs=graphs)
-
-    def free_slots(self) -> int:
-        return self.cache.n_free
+    rows = None  # the text model's whole head (semantic tokens + EOS are read from it)
 
     def work(self, seg: Segment, policy: StreamPolicy) -> StageWork | None:
         if seg.sem.done:
@@ -63,7 +51,6 @@ class SemanticStage:
         return None if semantic_ahead(seg) else StageWork("step")
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
-        device = self.model.transformer.wte.weight.device
         if action == "prefill":  # prompt [B, 513] (merged to 257 positions), then sample token 0
             for seg in segs:
                 if seg.sem.slot is None:
@@ -72,26 +59,13 @@ class SemanticStage:
             prompts = [np.concatenate([semantic_prompt(s.text_ids, None if s.voice is None else s.voice.semantic),
                                        np.asarray(s.semantic[:-1] if s.sem.pending is not None else [], np.int64)])
                        for s in segs]
-            lengths = [len(p) - MAX_TEXT_TOKENS for p in prompts]  # positions after merging text and history
-            idx = np.zeros((len(prompts), max(len(p) for p in prompts)), dtype=np.int64)
-            for row, p in zip(idx, prompts):
-                row[: len(p)] = p
-            logits = self.model.prefill(upload(idx, device), self.cache, [s.sem.slot for s in segs],
-                                        merge_context=True, lengths=lengths)  # [B, V]
-            fresh = [i for i, s in enumerate(segs) if s.sem.pending is None]  # resumed ones keep their pending token
-            if len(fresh) < len(segs):
-                if not fresh:
-                    return
-                segs, params = [segs[i] for i in fresh], [params[i] for i in fresh]
-                logits = logits[upload(fresh, logits.device)]
+            batch = self.prefill_rows(segs, params, [s.sem.slot for s in segs], prompts,
+                                      [s.sem.pending is None for s in segs], merge=True, offset=MAX_TEXT_TOKENS)
+            if batch is None:
+                return
         else:  # feed each segment's pending token
-            order = by_slot([s.sem.slot for s in segs])
-            segs, params = [segs[i] for i in order], [params[i] for i in order]
-            pending, slots = [s.sem.pending for s in segs], [s.sem.slot for s in segs]
-            if self.static is not None:
-                logits = self.static(pending, slots)
-            else:
-                logits = self.model.decode(upload(pending, device), self.cache, slots)  # [B, V]
+            batch = self.step_rows(segs, params, [s.sem.pending for s in segs], [s.sem.slot for s in segs])
+        segs, params, logits = batch
         tokens, ended = semantic_step(logits, params, [s.generator for s in segs])
         for_each_row(list(zip(segs, params, tokens.tolist(), ended.tolist())), self._accept_row)
 
