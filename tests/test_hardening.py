@@ -13,12 +13,23 @@ from server_fixtures import PARAMS, make_engine, run, start_server
 from streaming.errors import ConfigError, ErrorCode
 
 
-def healthy(url: str):
+def healthy(url: str, headers: dict[str, str] | None = None):
     """A coroutine: one normal request on its own connection; returns its Done."""
     async def go() -> Done:
-        async with await BarkStreamClient.connect(url) as client:
+        async with await BarkStreamClient.connect(url, additional_headers=headers) as client:
             return [e async for e in client.speak("A healthy neighbour.", params=PARAMS) if isinstance(e, Done)][0]
     return go()
+
+
+def beside(url: str, hostile, headers: dict[str, str] | None = None) -> Done:
+    """Run the blocking `hostile()` in a thread while a healthy request streams on its own connection;
+    returns the healthy request's Done (its events, not its timing, are what the tests check)."""
+    async def go() -> Done:
+        neighbour = asyncio.create_task(healthy(url, headers))
+        await asyncio.to_thread(hostile)
+        return await neighbour
+
+    return run(go())
 
 
 def test_engine_bad_field_reaches_client_as_bad_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,6 +115,7 @@ def _raw_http(port: int, request: bytes) -> bytes:
 UPGRADE = (b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
            b"Sec-WebSocket-Version: 13\r\n")
 KEY = "k-hardening-5e1f"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -120,7 +132,11 @@ def test_malformed_request_target_is_400(keyed, caplog: pytest.LogCaptureFixture
     import logging
 
     caplog.set_level(logging.DEBUG)
-    reply = _raw_http(keyed.port, b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n")
+    replies: list[bytes] = []
+    done = beside(keyed.url, lambda: replies.append(_raw_http(keyed.port, b"GET //[ HTTP/1.1\r\nHost: x\r\n\r\n")),
+                  AUTH)
+    assert done.reason == "end" and done.samples == run(healthy(keyed.url, AUTH)).samples
+    reply = replies[0]
     assert reply.startswith(b"HTTP/1.1 400"), reply[:80]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert keyed.metric("bark_handshakes_refused_total", 'reason="bad_request"') == 1
@@ -132,11 +148,18 @@ def test_keys_never_reach_the_log_however_spelled(keyed, caplog: pytest.LogCaptu
     import logging
 
     caplog.set_level(logging.DEBUG)
-    ok = _raw_http(keyed.port, f"GET /v1/stream?%74oken={KEY} HTTP/1.1\r\nHost: x\r\n".encode() + UPGRADE + b"\r\n")
-    assert ok.startswith(b"HTTP/1.1 101"), ok[:80]
-    _raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
-              + b"\xff\x01zz\r\n" + UPGRADE + b"\r\n")
-    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    replies: list[bytes] = []
+
+    def hostile() -> None:
+        replies.append(_raw_http(keyed.port, f"GET /v1/stream?%74oken={KEY} HTTP/1.1\r\nHost: x\r\n".encode()
+                                 + UPGRADE + b"\r\n"))
+        _raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                  + b"\xff\x01zz\r\n" + UPGRADE + b"\r\n")
+
+    assert beside(keyed.url, hostile, AUTH).reason == "end"
+    assert replies[0].startswith(b"HTTP/1.1 101"), replies[0][:80]
+    text = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records
+                     if r.name.startswith(("server", "websockets.server")))  # the neighbour's client logs its own
     assert "%74oken=[redacted]" in text  # the request line was logged...
     assert KEY not in text  # ...and neither spelling let the key through
 
@@ -149,15 +172,16 @@ def test_client_strings_cannot_forge_log_lines(keyed, caplog: pytest.LogCaptureF
 
     caplog.set_level(logging.INFO)
 
-    async def go() -> dict[str, Any]:
-        conn = await RawClient.connect_with(keyed.url, additional_headers={"Authorization": f"Bearer {KEY}"})
+    async def go() -> tuple[dict[str, Any], Done]:
+        neighbour = asyncio.create_task(healthy(keyed.url, AUTH))
+        conn = await RawClient.connect_with(keyed.url, additional_headers=AUTH)
         await conn.send({"type": "speak", "id": "r1", "text": "Hi.", "params": {"x\nFAKE ERROR line": 1}})
         err = await conn.next_error()
         await conn.close()
-        return err
+        return err, await neighbour
 
-    err = run(go())
-    assert err["code"] == "unknown_field"
+    err, done = run(go())
+    assert err["code"] == "unknown_field" and done.reason == "end"
     lines = [line for r in caplog.records if r.name.startswith("server") for line in r.getMessage().splitlines()]
     assert not [line for line in lines if line.startswith("FAKE")]
     assert any("\\nFAKE ERROR line" in line for line in lines)
@@ -168,9 +192,14 @@ def test_refused_auth_is_counted_not_logged_each_time(keyed, caplog: pytest.LogC
     import logging
 
     caplog.set_level(logging.WARNING)
-    for _ in range(20):
-        assert _raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n").startswith(
-            b"HTTP/1.1 401")
+    replies: list[bytes] = []
+
+    def hostile() -> None:
+        for _ in range(20):
+            replies.append(_raw_http(keyed.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n" + UPGRADE + b"\r\n"))
+
+    assert beside(keyed.url, hostile, AUTH).reason == "end"
+    assert all(r.startswith(b"HTTP/1.1 401") for r in replies)
     assert keyed.metric("bark_handshakes_refused_total", 'reason="auth"') == 20
     warnings = [r for r in caplog.records if "missing or unknown API key" in r.getMessage()]
     assert len(warnings) == 1
