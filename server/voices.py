@@ -59,6 +59,9 @@ class VoiceCatalog:
     def discover(self) -> list[str]:
         local = local_voice_names(self.voices_dir)
         cached = [name for name in self._cached_presets() if name not in local and self._loads(name, local_only=True)]
+        from huggingface_hub import constants
+
+        self.offline = self.offline or bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE=1 means no network too
         self.hub = not self.offline and self._hub_answers()
         extra = [n for n in list_presets() if n not in local and n not in cached] if self.hub else []
         self.names = local + cached + extra
