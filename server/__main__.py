@@ -44,10 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
     model = p.add_argument_group("model")
     model.add_argument("--model", default=d.model,
-                       help="bark-small, bark, hf:<repo>, a local directory, or random-tiny|small|large")
+                       help=f"bark-small, bark, hf:<repo>, a local directory, or random-tiny|small|large "
+                            f"(default {d.model})")
     model.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    model.add_argument("--dtype", default=d.dtype, help="auto, float32, float16, bfloat16 (default auto)")
-    model.add_argument("--codec", default=d.codec, help="pretrained, random, or a saved codec file")
+    model.add_argument("--dtype", default=d.dtype,
+                       help="auto, fp32, bf16, fp16 (also float32, bfloat16, float16) (default auto)")
+    model.add_argument("--codec", default=d.codec,
+                       help=f"pretrained, random, random-tiny, or a saved codec file (default {d.codec})")
     model.add_argument("--codec-dtype", default=d.codec_dtype,
                        help="EnCodec precision: auto (= fp32), fp32, fp16, bf16 (default auto; see README for "
                             "the measured SNR of each)")
@@ -56,10 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--cuda-graphs", action="store_true",
                        help="capture the semantic and coarse decode steps as CUDA graphs before the port opens "
                             "(GPU only; default off)")
-    model.add_argument("--tokenizer", default=None, help="directory with vocab.txt, or a hub repo id")
+    model.add_argument("--tokenizer", default=None,
+                       help="directory with vocab.txt, or a hub repo id (default bert-base-multilingual-cased)")
     model.add_argument("--voices", type=Path, default=None, metavar="DIR", help="directory of voice presets")
     model.add_argument("--default-voice", default=None, help="voice for requests that name none")
-    model.add_argument("--offline", action="store_true",
+    model.add_argument("--offline", "--local-files-only", dest="offline", action="store_true",
                        help="never reach the hub: weights, tokenizer and voices from local files or the cache")
     cap = p.add_argument_group("limits")
     cap.add_argument("--max-streams", type=int, default=d.max_streams, help="streams the engine computes at once")

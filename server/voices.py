@@ -21,6 +21,7 @@ from pathlib import Path
 
 from streaming.errors import VoiceError, WeightsError
 from streaming.voices import DEFAULT_HUB_REPO, INDEX_FILE, Voice, list_presets, load_voice
+from streaming.weights import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -95,21 +96,8 @@ class VoiceCatalog:
             return False
 
     def _hub_answers(self) -> bool:
-        """True when the hub answers a HEAD for the repo's voice index within probe_timeout seconds
-        (any HTTP status counts: the network path works; loads then go through the hub client)."""
-        import urllib.error
-        import urllib.request
-
-        from huggingface_hub import constants
-
-        url = f"{constants.ENDPOINT}/{self.hub_repo}/resolve/main/{INDEX_FILE}"
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=self.probe_timeout):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except (OSError, ValueError):
-            return False
+        """True when the hub answers a HEAD for the repo's voice index within probe_timeout seconds."""
+        return hub_reachable(self.hub_repo, INDEX_FILE, self.probe_timeout)
 
     # --- requests ---------------------------------------------------------------------------------
     async def resolve(self, name: str) -> Voice:

@@ -33,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="bark-small",
                    help="bark-small, bark, hf:suno/bark-small, hf:suno/bark, a local directory, random-tiny|small|large")
     g.add_argument("--device", default="auto")
-    g.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (GPU)")
+    g.add_argument("--dtype", default="auto", help="auto, fp32, bf16, fp16 (GPU) (also float32, bfloat16, float16)")
     g.add_argument("--codec", default="pretrained", help="pretrained, random, or an EnCodec state-dict file")
     g.add_argument("--tokenizer", default=None, help="directory with vocab.txt, or a hub repo")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--quantize", choices=("none", "int8"), default="none",
                    help="int8: weight-only int8 text and coarse GPTs (CPU only; measure fidelity first)")
-    g.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    g.add_argument("--offline", "--local-files-only", dest="local_files_only", action="store_true",
+                   help="never touch the network: weights, tokenizer and voices from local files or the cache")
     g = p.add_argument_group("voice")
     g.add_argument("--voice", default=None, help="preset name (v2/en_speaker_6, announcer, ...) or .npz path")
     g.add_argument("--voices", type=Path, default=None, help="directory holding preset .npz files")

@@ -186,15 +186,16 @@ def _load_pretrained() -> EncodecModel:
             f"from {CHECKPOINT_URL} ({type(exc).__name__}: {exc}). Looked in the torch hub cache "
             f"{cache}. Fix: download it there on a machine with network access "
             f"(e.g. curl -L -o {cache / CHECKPOINT_NAME} {CHECKPOINT_URL}), or pass the path of a "
-            "local state-dict file: load_codec('/path/to/encodec_24khz.th')."
+            "local state-dict file with --codec PATH (Python: load_codec(PATH)); --codec random runs without "
+            "weights."
         ) from exc
 
 
 def _load_local(path: Path) -> EncodecModel:
     if not path.is_file():
         raise WeightsError(
-            f"EnCodec state-dict file {path} does not exist. Valid sources are 'pretrained', "
-            "'random' or the path of a state dict saved with save_codec_state / the "
+            f"EnCodec state-dict file {path} does not exist. --codec takes 'pretrained', "
+            "'random', 'random-tiny' or the path of a state dict saved with save_codec_state / the "
             f"{CHECKPOINT_NAME} checkpoint."
         )
     try:

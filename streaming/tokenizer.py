@@ -135,7 +135,7 @@ def _load_local(directory: Path) -> BarkTokenizer:
         return BarkTokenizer.from_tokenizer_file(json_path)
     raise WeightsError(
         f"tokenizer: found neither {VOCAB_FILE} nor {TOKENIZER_FILE} in {directory}; "
-        f"pass a directory that contains {VOCAB_FILE} from {DEFAULT_TOKENIZER_REPO}"
+        f"pass --tokenizer DIR with a directory that contains {VOCAB_FILE} from {DEFAULT_TOKENIZER_REPO}"
     )
 
 
@@ -149,8 +149,9 @@ def _load_hub(repo_id: str, *, local_files_only: bool, cache_dir: str | Path | N
         where = f"cache {cache_dir}" if cache_dir else "the Hugging Face cache"
         raise WeightsError(
             f"tokenizer: could not get {VOCAB_FILE} of hub repo {repo_id!r} (looked in {where}"
-            f"{'' if local_files_only else ' and online'}): {_first_line(exc)}. Fix: pass a local directory "
-            f"that contains {VOCAB_FILE}, or download it once online and then set HF_HUB_OFFLINE=1"
+            f"{'' if local_files_only else ' and online'}): {_first_line(exc)}. Fix: pass --tokenizer DIR, a "
+            f"local directory that contains {VOCAB_FILE} (tests/data/tokenizer holds a small one for trying the "
+            "server with random weights), or download it once online and then set HF_HUB_OFFLINE=1"
         ) from None
     return BarkTokenizer.from_vocab_file(path)
 

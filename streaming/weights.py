@@ -64,15 +64,58 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
+def hub_reachable(repo: str, filename: str, timeout: float = 3.0) -> bool:
+    """True when the hub answers a HEAD for `filename` of `repo` within `timeout` seconds (any HTTP status:
+    the network path works). One try, no retries: a server without network finds out at once."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = f"{constants.ENDPOINT}/{repo}/resolve/main/{filename}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _hub_cli() -> str:
+    """The download command the installed huggingface_hub provides (`hf` since 1.0, `huggingface-cli` before)."""
+    import shutil
+
+    return "hf download" if shutil.which("hf") or not shutil.which("huggingface-cli") else "huggingface-cli download"
+
+
 def _hub_hint(repo: str, files: list[str]) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return (
         f"looked for {', '.join(files)} in hub repo {repo} (cache {HF_HUB_CACHE}). "
-        f"To fix: on a machine with internet run `huggingface-cli download {repo} {' '.join(files)}` "
-        "and copy the cache here (then set HF_HUB_OFFLINE=1), or download the files into a "
-        "directory and pass that directory as --model"
+        f"To fix: on a machine with internet run `{_hub_cli()} {repo} {' '.join(files)}` "
+        "and copy the cache here (then pass --offline or set HF_HUB_OFFLINE=1), or download the files into a "
+        "directory and pass that directory as --model. To try the server without weights: "
+        "--model random-tiny --codec random --tokenizer tests/data/tokenizer"
     )
+
+
+def _named_paths(repo: str, files: dict[str, str], local_files_only: bool) -> dict[str, Path]:
+    """The cached files, else (hub reachable) downloaded ones; else one error naming every missing file."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = {k: try_to_load_from_cache(repo, f) for k, f in files.items()}
+    missing = [f for k, f in files.items() if not isinstance(cached[k], str)]
+    if not missing:
+        return {k: Path(v) for k, v in cached.items()}
+    if local_files_only or not hub_reachable(repo, missing[0]):
+        why = "offline mode" if local_files_only else "the hub did not answer"
+        raise WeightsError(f"model files missing from the cache ({why}): {', '.join(missing)}; "
+                           + _hub_hint(repo, missing))
+    return {k: _download(repo, f, local_files_only=False) for k, f in files.items()}
 
 
 def _download(repo: str, filename: str, *, local_files_only: bool) -> Path:
@@ -125,8 +168,7 @@ def _load_choice(choice: str, local_files_only: bool, seed: int) -> BarkModels:
     if choice in RANDOM:
         return build_models(SHAPES[RANDOM[choice]], name=choice, seed=seed)
     if choice in NAMED:
-        files = SUNO_FILES[NAMED[choice]]
-        paths = {k: _download(SUNO_REPO, f, local_files_only=local_files_only) for k, f in files.items()}
+        paths = _named_paths(SUNO_REPO, SUNO_FILES[NAMED[choice]], local_files_only)
         return _load_suno_files(paths, choice)
     if choice.startswith("hf:"):
         from huggingface_hub import snapshot_download

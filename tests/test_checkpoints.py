@@ -243,3 +243,23 @@ def test_load_models_casts_dtype(suno_dir: Path, reference) -> None:
     b = load_models("random-tiny", device="cpu", dtype="fp32", seed=TINY_SEED + 1)
     assert not torch.equal(a.text.lm_head.weight, b.text.lm_head.weight)
     assert dataclasses.asdict(a.fine.config) == dataclasses.asdict(reference.fine.config)
+
+
+def test_unreachable_hub_fails_fast_naming_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not offline, the hub unreachable (one probe, no retries): one WeightsError that names all three missing
+    files, the hub CLI command to fetch them, and the weight-free way to try the server."""
+    import huggingface_hub.constants as hub_constants
+
+    import streaming.weights as weights
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    probes: list[str] = []
+    monkeypatch.setattr(weights, "hub_reachable", lambda repo, filename, timeout=3.0: probes.append(filename) or False)
+    with pytest.raises(WeightsError) as err:
+        load_models("bark", device="cpu", dtype="fp32")
+    msg = str(err.value)
+    assert probes == ["text_2.pt"]  # one probe, then the answer
+    for needle in ("text_2.pt, coarse_2.pt, fine_2.pt", "download suno/bark", "--model random-tiny --codec random"):
+        assert needle in msg, (needle, msg)

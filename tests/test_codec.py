@@ -267,3 +267,9 @@ def test_make_stream_decoder_kinds(model):
         make_stream_decoder(model, "magic")
     with pytest.raises(ConfigError, match="no options"):
         make_stream_decoder(model, "stateful", left_context=3)
+
+
+def test_codec_errors_name_the_flag(tmp_path):
+    """A missing codec file names the --codec choices, not a Python call."""
+    with pytest.raises(WeightsError, match="--codec takes 'pretrained', 'random'"):
+        load_codec(str(tmp_path / "none.th"))

@@ -148,7 +148,7 @@ def test_missing_vocab_message(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as info:
         load_tokenizer(tmp_path)
     message = str(info.value)
-    assert "vocab.txt" in message and str(tmp_path) in message and "pass a directory" in message
+    assert "vocab.txt" in message and str(tmp_path) in message and "pass --tokenizer DIR" in message
     assert info.value.__cause__ is None and info.value.__context__ is None
 
 
@@ -186,3 +186,9 @@ def test_hub_repo_found_in_cache(tmp_path: Path) -> None:
     shutil.copy(VOCAB, snapshot / "vocab.txt")
     tokenizer = load_tokenizer("someone/bert", local_files_only=True, cache_dir=tmp_path)
     assert tokenizer.encode("hello world") == [read_vocab(VOCAB)["hello"], read_vocab(VOCAB)["world"]]
+
+
+def test_hub_tokenizer_error_names_the_flag(tmp_path: Path) -> None:
+    """A hub tokenizer that cannot be had (offline, empty cache) says to pass --tokenizer DIR."""
+    with pytest.raises(WeightsError, match="pass --tokenizer DIR"):
+        load_tokenizer("bert-base-multilingual-cased", local_files_only=True, cache_dir=tmp_path)
