@@ -107,7 +107,14 @@ class Done:
     stats: dict[str, Any]  # server timings: ttfa_ms, rtf, ...
 
 
-Event = Union[AudioChunk, Segment, Done]
+@dataclass(frozen=True)
+class Flushed:
+    """The server applied a `flush` of request `id`: the text so far is queued for synthesis."""
+
+    id: str
+
+
+Event = Union[AudioChunk, Segment, Flushed, Done]
 
 
 @dataclass
@@ -267,6 +274,11 @@ class BarkStreamClient:
                 feeder.cancel()
             await self._end_request(req)
 
+    async def keepalive(self) -> None:
+        """Tell the server this idle connection is still wanted (resets its idle timeout; rate-limited
+        like any message). WebSocket pings only prove liveness and do not count as activity."""
+        await self._send({"type": "keepalive"})
+
     async def cancel(self, id: str) -> bool:  # noqa: A002
         """Ask the server to stop request `id`; its events end with Done(reason="cancelled").
 
@@ -419,6 +431,8 @@ def _to_event(req: _Request, msg: dict[str, Any]) -> Event:
         raise ServerError(msg["code"], msg["message"], id=req.id, retry_after_ms=msg.get("retry_after_ms"))
     if kind == "segment":
         return Segment(req.id, msg["text"], msg["start_sample"], msg["end_sample"])
+    if kind == "flushed":
+        return Flushed(req.id)
     if kind == "done":
         return Done(req.id, msg["reason"], msg["samples"], dict(msg["stats"]))
     assert kind == "audio", kind

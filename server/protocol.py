@@ -38,6 +38,7 @@ from .protocol_server import (
     done_message,
     encode_server_message,
     error_message,
+    flushed_message,
     ready_message,
     segment_message,
 )
@@ -46,9 +47,9 @@ from .protocol_wire import pack, unpack_map, wire_type
 __all__ = [
     "PROTOCOL_VERSION", "PATH", "ENCODINGS", "DEFAULT_ENCODING", "DONE_REASONS", "ERROR_CODES",
     "PARAM_KEYS", "MAX_ID_CHARS", "MAX_VOICE_CHARS", "Limits", "ProtocolError",
-    "Speak", "Start", "Text", "Flush", "End", "Cancel", "ClientMessage",
+    "Speak", "Start", "Text", "Flush", "End", "Cancel", "Keepalive", "ClientMessage",
     "decode_client_message", "encode_client_message", "decode_server_message", "encode_server_message",
-    "ready_message", "audio_message", "segment_message", "done_message", "error_message",
+    "ready_message", "audio_message", "segment_message", "done_message", "error_message", "flushed_message",
     "check_request_chars", "pcm_encode", "pcm_decode", "is_valid_id", "SERVER_FIELDS",
     "MAX_SERVER_FRAME_BYTES", "parse_params",
 ]
@@ -115,7 +116,14 @@ class Cancel:
     id: str
 
 
-ClientMessage = Union[Speak, Start, Text, Flush, End, Cancel]
+@dataclass(frozen=True)
+class Keepalive:
+    """Nothing to do: keeps a connection with no request in flight from its idle timeout."""
+
+    TYPE: ClassVar[str] = "keepalive"
+
+
+ClientMessage = Union[Speak, Start, Text, Flush, End, Cancel, Keepalive]
 
 # type -> (required fields, optional fields)
 _CLIENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -125,6 +133,7 @@ _CLIENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "flush": (("id",), ()),
     "end": (("id",), ()),
     "cancel": (("id",), ()),
+    "keepalive": ((), ()),
 }
 
 
@@ -212,6 +221,8 @@ def _check_shape(msg: Mapping[str, Any]) -> str:
 
 def _build_client_message(msg: Mapping[str, Any], limits: Limits) -> ClientMessage:
     msg_type = _check_shape(msg)
+    if msg_type == "keepalive":
+        return Keepalive()
     req_id = _check_id(msg["id"])
     if msg_type == "text":
         return Text(req_id, _check_text(msg["text"], limits.max_text_chars, "max_text_chars", allow_blank=True))

@@ -64,6 +64,11 @@ def done_message(
     return {"type": "done", "id": id, "reason": reason, "samples": samples, "stats": dict(stats or {})}
 
 
+def flushed_message(id: str) -> dict[str, Any]:  # noqa: A002
+    """A `flush` was applied: the request's text so far is queued for synthesis."""
+    return {"type": "flushed", "id": id}
+
+
 def error_message(code: str, message: str, id: str | None = None, **extra: Any) -> dict[str, Any]:  # noqa: A002
     """An `error` message; `extra` carries e.g. `retry_after_ms` for `overloaded`."""
     if code not in ERROR_CODES:
@@ -109,6 +114,7 @@ SERVER_FIELDS: dict[str, dict[str, str]] = {
     "audio": {"id": "str", "seq": "uint", "sample": "uint", "pcm": "bin"},
     "segment": {"id": "str", "text": "str", "start_sample": "uint", "end_sample": "uint"},
     "done": {"id": "str", "reason": "reason", "samples": "uint", "stats": "map"},
+    "flushed": {"id": "str"},
     "error": {"code": "str", "message": "str", "id?": "str", "retry_after_ms?": "uint"},
 }
 

@@ -35,6 +35,7 @@ from .protocol import (
     ClientMessage,
     End,
     Flush,
+    Keepalive,
     ProtocolError,
     Speak,
     Start,
@@ -43,6 +44,7 @@ from .protocol import (
     check_request_chars,
     decode_client_message,
     done_message,
+    flushed_message,
     encode_server_message,
     is_valid_id,
     pcm_encode,
@@ -255,6 +257,8 @@ class Session:
             return {}
 
     async def _dispatch(self, msg: ClientMessage) -> None:
+        if isinstance(msg, Keepalive):  # its arrival already counted as activity (and against the rate limit)
+            return
         if isinstance(msg, (Speak, Start)):
             await self._open(msg)
             return
@@ -289,6 +293,7 @@ class Session:
                 await asyncio.to_thread(req.handle.feed, msg.text)
             elif isinstance(msg, Flush):
                 await asyncio.to_thread(req.handle.flush)
+                await self._out.put((encode_server_message(flushed_message(req.id)), 0.0))
             else:
                 req.ended = True
                 await asyncio.to_thread(req.handle.end)

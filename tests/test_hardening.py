@@ -584,3 +584,55 @@ def test_stalled_stream_is_evicted_and_resumes_later() -> None:
             assert np.array_equal(a.fine, b.fine)
     finally:
         eng.stop()
+
+
+# --- flush acknowledgement and keepalive (protocol additions) ---------------------------------------
+
+def test_flush_is_acknowledged_and_keepalive_holds_an_idle_connection() -> None:
+    """`flush` is answered by one `flushed` with its id; `keepalive` messages keep
+    a connection with nothing in flight past the idle timeout, and without them it is closed idle_timeout."""
+    from server_fixtures import RawClient
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine, idle_timeout=0.6)
+    try:
+        async def go() -> tuple[list[str], int | None, tuple[int | None, str]]:
+            conn = await RawClient.connect(srv.url)
+            await conn.send({"type": "start", "id": "f1", "params": PARAMS})
+            await conn.send({"type": "text", "id": "f1", "text": "Flush me now"})
+            await conn.send({"type": "flush", "id": "f1"})
+            await conn.send({"type": "end", "id": "f1"})
+            order = (await conn.until_done("f1"))["f1"].order
+            for _ in range(8):  # 1.6 s of keepalives, well past the 0.6 s idle timeout
+                await conn.send({"type": "keepalive"})
+                await asyncio.sleep(0.2)
+            await conn.speak("after", "Still open.")
+            still = (await conn.until_done("after"))["after"].done["samples"]
+            return order, still, await conn.closed()  # now silent: closed for idleness
+
+        order, still, (code, reason) = run(go())
+        assert order.count("flushed") == 1 and order[-1] == "done" and "audio" in order
+        assert still > 0 and code == 1008 and reason == "idle_timeout"
+    finally:
+        srv.stop()
+        engine.stop()
+
+
+def test_client_library_surfaces_flushed_and_sends_keepalive() -> None:
+    """BarkStreamClient.stream_text yields a Flushed event for each line it flushes; keepalive() is accepted."""
+    from client.api import Flushed
+
+    engine = make_engine(max_streams=2, max_queue=2)
+    srv = start_server(engine)
+    try:
+        async def go() -> list[str]:
+            async with await BarkStreamClient.connect(srv.url) as client:
+                await client.keepalive()
+                return [type(e).__name__ async for e in client.stream_text(["First line.\n", "Second."],
+                                                                          params=PARAMS)]
+
+        kinds = run(go())
+        assert kinds.count(Flushed.__name__) == 1 and kinds[-1] == "Done"
+    finally:
+        srv.stop()
+        engine.stop()
