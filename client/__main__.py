@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from server.protocol import ENCODINGS, ProtocolError, parse_params
 
-from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, ServerError
+from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, Segment, ServerError
 from .player import PlaybackUnavailable, Player, PlayerConfig
 from .wav import WavWriter
 
@@ -27,15 +28,21 @@ log = logging.getLogger("client")
 
 # Sampling flags, named as their wire `params` keys (--top-k -> top_k); only the flags
 # given are sent, the server fills in the rest.
-SAMPLING_KEYS = ("text_temp", "waveform_temp", "top_k", "top_p", "seed", "greedy", "max_semantic_tokens")
+SAMPLING_KEYS = ("text_temp", "waveform_temp", "top_k", "top_p", "seed", "greedy", "max_semantic_tokens",
+                 "lookahead", "fine_policy")
+API_KEY_ENV = "BARK_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description="Speak text through a bark-stream server.")
-    p.add_argument("text", help="the text to speak, or - to read stdin and send it line by line as it arrives")
+    p.add_argument("text", nargs="?", help="the text to speak, or - to read stdin and send it line by line as it "
+                   "arrives")
+    p.add_argument("--list-voices", action="store_true", help="print the voices the server offers and exit")
     p.add_argument("--url", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})")
     p.add_argument("--voice", help="voice preset name (see the server's `ready` voices)")
-    p.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"sent as `Authorization: Bearer KEY` (default: ${API_KEY_ENV}, so keys stay out of "
+                        "shell history and process lists)")
     p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le", help="PCM encoding on the wire")
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="connect timeout in seconds")
     out = p.add_argument_group("output")
@@ -51,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, metavar="P")
     s.add_argument("--seed", type=int)
     s.add_argument("--greedy", action="store_true", default=None, help="argmax everywhere")
-    s.add_argument("--max-semantic-tokens", type=int, metavar="N")
+    s.add_argument("--max-semantic-tokens", type=int, metavar="N", help="cap on semantic tokens (~50 per second)")
+    s.add_argument("--lookahead", choices=("exact", "bounded"), help="coarse windows: exact (offline tokens) or "
+                   "bounded (earlier first audio)")
+    s.add_argument("--fine-policy", choices=("sliding", "offline"), help="fine windows: sliding (streamed) or "
+                   "offline (Bark's own, after each segment's coarse codes)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logs, -vv: debug logs")
     return p
 
@@ -64,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--no-play needs --output FILE.wav (otherwise the audio goes nowhere)")
     if not 0 <= args.prebuffer_ms <= 60_000:
         parser.error(f"--prebuffer-ms: {args.prebuffer_ms:g} is outside [0, 60000]")
+    if args.list_voices:
+        return args
+    if args.text is None:
+        parser.error("text: give the text to speak, - to read stdin, or --list-voices")
     if args.text != "-" and not args.text.strip():
         parser.error("text: nothing to speak (use - to read stdin)")
     args.params = sampling_params(args)
@@ -138,7 +153,7 @@ async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Play
                 wav.write(event.samples)
         elif isinstance(event, Done):
             report.done, report.done_at = event, time.monotonic()
-        else:
+        elif isinstance(event, Segment):
             log.info("segment [%d, %d): %s", event.start_sample, event.end_sample, event.text)
     return report
 
@@ -179,13 +194,27 @@ async def run(args: argparse.Namespace) -> int:
         args.url, open_timeout=args.open_timeout, additional_headers=auth_headers(args.api_key)
     )
     rate = client.info.sample_rate
+    if args.list_voices:
+        async with client:
+            voices = client.info.voices
+        print("\n".join(voices) if voices else "(the server offers no voice presets)")
+        return 0
     player: Player | None = None
     wav: WavWriter | None = None
     try:
         async with client:
             if not args.no_play:  # opened before the request, so opening costs no latency
-                player = Player(PlayerConfig(sample_rate=rate, prebuffer_ms=args.prebuffer_ms, device=args.device))
-                player.start()
+                try:
+                    player = Player(PlayerConfig(sample_rate=rate, prebuffer_ms=args.prebuffer_ms,
+                                                 device=args.device))
+                    player.start()
+                except PlaybackUnavailable as e:
+                    if player is not None:
+                        player.close()
+                        player = None
+                    if not args.output:
+                        raise
+                    print(f"warning: cannot play ({e}); writing {args.output} only", file=sys.stderr)
             if args.output:
                 wav = WavWriter(args.output, rate)
             report = await speak(client, args, player, wav)

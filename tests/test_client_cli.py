@@ -457,3 +457,44 @@ def test_cli_without_audio_device_suggests_no_play(tmp_path: Path) -> None:
     assert rc == 1
     assert err.strip() == ("error: cannot play audio: no audio output device found; "
                            "use --no-play --output out.wav to write a file instead")
+
+
+def test_cli_stdin_mode_takes_flushed_acknowledgements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers each flush with `flushed` (protocol addition) does not trip the CLI."""
+    from server.protocol import flushed_message
+
+    async def script(ws: ServerConnection, msg: Any, seen: list[Any]) -> None:
+        if type(msg).__name__ == "Flush":
+            await _send(ws, flushed_message(msg.id))
+        if type(msg).__name__ == "End":
+            await send_speech(ws, msg.id, _audio(50, 0))
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("First line.\nSecond line.\n"))
+    rc, _ = _run_cli(["-", "--no-play", "-o", str(tmp_path / "f.wav")], script)
+    assert rc == 0 and read_wav(tmp_path / "f.wav")[0].size == 50
+
+
+def test_cli_list_voices_env_key_and_policy_flags(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """--list-voices prints the server's voices; the key comes from $BARK_API_KEY; --lookahead and
+    --fine-policy become wire params."""
+    monkeypatch.setenv("BARK_API_KEY", "env-key-123")
+
+    async def body(url: str) -> int:
+        return await asyncio.to_thread(main, ["--list-voices", "--url", url])
+
+    rc, _, headers = run_with_server(speak_back, body)
+    assert rc == 0 and capsys.readouterr().out.strip() == "v1"
+    assert headers[0]["Authorization"] == "Bearer env-key-123"
+    args = parse_args(["hi", "--lookahead", "bounded", "--fine-policy", "offline"])
+    assert args.params == {"lookahead": "bounded", "fine_policy": "offline"}
+
+
+@needs_portaudio
+def test_cli_output_is_written_when_playback_is_impossible(tmp_path: Path) -> None:
+    """With no output device but --output, the CLI warns and still writes the file."""
+    out = tmp_path / "kept.wav"
+    rc, stdout, err = _run_cli_process(["hello", "--output", str(out)], "no_device.conf", tmp_path / "unused.raw")
+    assert rc == 0, err
+    assert "warning: cannot play" in err and f"wrote {out}" in stdout
+    assert read_wav(out)[0].size == 3500
