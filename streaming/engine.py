@@ -124,6 +124,7 @@ class Engine:
         self._wake = threading.Condition()
         self._queue: collections.deque[Stream] = collections.deque()
         self._active: dict[int, Stream] = {}
+        self._segs: dict[tuple[int, str], Segment] = {}  # this tick's (stream, stage) -> segment its work is for
         self._next_id = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -243,8 +244,9 @@ class Engine:
         goes first, then first come first served.
         """
         cap = self.config.max_streams_per_owner
-        while self._queue and sum(not s.evicted for s in self._active.values()) < self.config.max_streams:
-            held = collections.Counter(s.request.owner for s in self._active.values() if not s.evicted)
+        held = collections.Counter(s.request.owner for s in self._active.values() if not s.evicted)
+        free = self.config.max_streams - sum(held.values())
+        while self._queue and free > 0:
             best = None
             for i, stream in enumerate(self._queue):
                 h = stream.handle
@@ -264,6 +266,8 @@ class Engine:
             stream.admitted = time.perf_counter()
             stream.stats.queued_s = stream.admitted - stream.submitted
             self._active[stream.id] = stream
+            held[stream.request.owner] += 1
+            free -= 1
 
     # ------------------------------------------------------------- text & controls
     def _apply_controls(self, streams: list[Stream]) -> None:
@@ -316,6 +320,7 @@ class Engine:
     def _work(self, streams: list[Stream]) -> list[Work]:
         """What every stage could do for every stream now (no model touched, nothing changed)."""
         work: list[Work] = []
+        self._segs.clear()
         now = time.perf_counter()
         for stream in streams:
             policy = stream.request.policy
@@ -324,6 +329,7 @@ class Engine:
                 seg = stream.current(stage.name)
                 if seg is None:
                     continue
+                self._segs[(stream.id, stage.name)] = seg  # the segment the work is for, kept for _execute
                 w = stage.work(seg, policy)
                 if w is not None:
                     work.append(Work(stream.id, stage.name, w.action, key=w.key, priority=prio,
@@ -341,7 +347,7 @@ class Engine:
         t0 = time.perf_counter()
         stage = self._stage[batch[0].stage]
         try:
-            stage.run(batch[0].action, [s.current(stage.name) for s in streams],
+            stage.run(batch[0].action, [self._segs[(s.id, stage.name)] for s in streams],
                       [s.request.sampling for s in streams], [w.detail for w in batch])
         except RowFailures as rows:  # the model call worked; some streams' own steps failed
             for i, exc in rows.failures:

@@ -127,7 +127,7 @@ class StaticDecoder:
         if not self.graphs:
             return 0
         lengths = sorted({length_bucket(m, self.cache.max_len, self.len_step)
-                          for m in range(self.len_step, self.cache.max_len + self.len_step, self.len_step)})
+                          for m in range(1, self.cache.max_len + 1, self.len_step)})  # every bucket a step can use
         side = torch.cuda.Stream()
         self._pool = torch.cuda.graph_pool_handle()
         for B in self.buckets:
