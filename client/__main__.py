@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.protocol import ENCODINGS, ProtocolError, parse_params
+from protocol import ENCODINGS, ProtocolError, parse_params
 
 from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, Segment, ServerError
 from .player import PlaybackUnavailable, Player, PlayerConfig

@@ -8,7 +8,7 @@
 
 One receive task reads every frame and routes it by `id` into that request's
 queue; each `speak()` / `stream_text()` generator drains its own queue. The wire
-format (msgpack maps, PCM encodings) lives in `server/protocol.py`.
+format (msgpack maps, PCM encodings) lives in the `protocol` package.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from server.protocol import (
+from protocol import (
     ENCODINGS,
     MAX_SERVER_FRAME_BYTES,
     PROTOCOL_VERSION,

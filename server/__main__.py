@@ -24,7 +24,7 @@ from streaming.errors import ConfigError, VoiceError, WeightsError
 from .app import BarkServer, create_engine
 from .auth import load_keys
 from .config import LOG_LEVELS, ServerConfig
-from .protocol import Limits
+from protocol import Limits
 
 log = logging.getLogger("server")
 

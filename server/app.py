@@ -35,7 +35,7 @@ from .config import ServerConfig
 from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
-from .protocol import PATH, ProtocolError, encode_server_message, ready_message
+from protocol import PATH, ProtocolError, encode_server_message, ready_message
 from .voices import VoiceCatalog
 from .session import Session
 

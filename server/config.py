@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streaming.errors import ConfigError
 
-from .protocol import Limits
+from protocol import Limits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -14,7 +14,7 @@ from streaming.voices import Voice
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
-from .protocol import ERROR_CODES, ProtocolError
+from protocol import ERROR_CODES, ProtocolError
 from .voices import VoiceCatalog, VoiceUnavailable
 
 _VOICE_NAME = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # names only: clients never pass paths

@@ -30,7 +30,7 @@ from streaming.events import AudioChunk, SegmentSpan, StreamDone
 from .context import RequestState, ServerContext, engine_failure, wire_stats
 from .flow import AudioLedger, Verdict, Watchdog, WatchdogConfig
 from .limits import RateLimiter
-from .protocol import (
+from protocol import (
     Cancel,
     ClientMessage,
     End,
@@ -50,7 +50,7 @@ from .protocol import (
     pcm_encode,
     segment_message,
 )
-from .protocol_wire import unpack_map
+from protocol.wire import unpack_map
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ class ErrorCode(str, Enum):
 
     A member equals its string (`ErrorCode.BAD_FIELD == "bad_field"`), which is what goes
     on the wire; nothing matches codes against free text. Which codes close the
-    connection is the server's business (server/protocol_errors.py).
+    connection is the server's business (protocol/errors.py).
     """
 
     BAD_FRAME = "bad_frame"  # not msgpack, trailing bytes, not a map, too deep, non-string key, ext type

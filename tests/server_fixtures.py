@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.app import BarkServer
 from server.config import ServerConfig
-from server.protocol import PATH, Limits, decode_server_message, encode_client_message, pcm_decode
+from protocol import PATH, Limits, decode_server_message, encode_client_message, pcm_decode
 from streaming.bundle import load_engine
 from streaming.engine import Engine, EngineConfig, SpeechRequest
 from streaming.voices import bundled_voices_dir

@@ -29,7 +29,7 @@ from client.api import (
     collect,
 )
 from client.wav import read_wav
-from server.protocol import (
+from protocol import (
     Limits,
     audio_message,
     decode_client_message,
@@ -461,7 +461,7 @@ def test_cli_without_audio_device_suggests_no_play(tmp_path: Path) -> None:
 
 def test_cli_stdin_mode_takes_flushed_acknowledgements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that answers each flush with `flushed` (protocol addition) does not trip the CLI."""
-    from server.protocol import flushed_message
+    from protocol import flushed_message
 
     async def script(ws: ServerConnection, msg: Any, seen: list[Any]) -> None:
         if type(msg).__name__ == "Flush":

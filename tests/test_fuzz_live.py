@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from server.protocol import PATH
+from protocol import PATH
 from streaming.engine import Engine
 from tests.server_fixtures import (  # noqa: F401 - engine is a fixture
     PARAMS,

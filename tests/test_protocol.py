@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from server.protocol import (
+from protocol import (
     ENCODINGS,
     ERROR_CODES,
     PARAM_KEYS,
@@ -498,3 +498,15 @@ def test_docs_error_table_matches_codes() -> None:
     rows = re.findall(r"^\| `(\w+)` \| (\d{4}|—) \|", table, flags=re.MULTILINE)
     documented = {code: None if close == "—" else int(close) for code, close in rows}
     assert documented == ERROR_CODES
+
+
+def test_client_imports_the_protocol_without_the_server():
+    """The protocol is its own package: the client library and CLI never pull in `server`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, client.api, client.__main__; "
+            "bad = sorted(m for m in sys.modules if m == 'server' or m.startswith('server.')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

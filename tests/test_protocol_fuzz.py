@@ -9,7 +9,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.protocol import (
+from protocol import (
     ERROR_CODES,
     PARAM_KEYS,
     Cancel,

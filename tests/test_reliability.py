@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from audio_checks import assert_same_audio
-from server.protocol import Limits
+from protocol import Limits
 from streaming.engine import Engine
 from tests.server_fixtures import (  # noqa: F401 - engine is a fixture
     PARAMS,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from server.config import ServerConfig
-from server.protocol import Limits
+from protocol import Limits
 from streaming.engine import Engine, EngineOverloaded, EngineSnapshot
 from streaming.events import AudioChunk, StreamDone, StreamStats
 from tests.server_fixtures import (  # noqa: F401 - engine and server are fixtures

@@ -1,10 +1,8 @@
-"""Protocol v1 wire format: msgpack maps in binary WebSocket frames on `/v1/stream`.
+"""Client → server messages: typed dataclasses, a validating decoder, an encoder.
 
-Client side of the server: `decode_client_message` turns one untrusted frame into
-a typed message or raises `ProtocolError` (never anything else). Server side:
-builders for ready/audio/segment/done/error and `encode_server_message`. The
-client library uses `encode_client_message` and `decode_server_message`. See
-docs/protocol.md for the full specification.
+`decode_client_message` turns one untrusted frame into a typed message or
+raises `ProtocolError` (never anything else); the client library builds its
+frames with `encode_client_message`.
 """
 
 from __future__ import annotations
@@ -13,46 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
-import numpy as np
-
 from streaming.params import SamplingParams, StreamPolicy
 
-from .protocol_base import (
-    DEFAULT_ENCODING,
-    DONE_REASONS,
-    ENCODINGS,
-    MAX_ID_CHARS,
-    MAX_VOICE_CHARS,
-    PATH,
-    PROTOCOL_VERSION,
-    Limits,
-    is_valid_id,
-)
-from .protocol_errors import ERROR_CODES, ProtocolError
-from .protocol_params import PARAM_KEYS, parse_params
-from .protocol_server import (
-    MAX_SERVER_FRAME_BYTES,
-    SERVER_FIELDS,
-    audio_message,
-    decode_server_message,
-    done_message,
-    encode_server_message,
-    error_message,
-    flushed_message,
-    ready_message,
-    segment_message,
-)
-from .protocol_wire import pack, unpack_map, wire_type
-
-__all__ = [
-    "PROTOCOL_VERSION", "PATH", "ENCODINGS", "DEFAULT_ENCODING", "DONE_REASONS", "ERROR_CODES",
-    "PARAM_KEYS", "MAX_ID_CHARS", "MAX_VOICE_CHARS", "Limits", "ProtocolError",
-    "Speak", "Start", "Text", "Flush", "End", "Cancel", "Keepalive", "ClientMessage",
-    "decode_client_message", "encode_client_message", "decode_server_message", "encode_server_message",
-    "ready_message", "audio_message", "segment_message", "done_message", "error_message", "flushed_message",
-    "check_request_chars", "pcm_encode", "pcm_decode", "is_valid_id", "SERVER_FIELDS",
-    "MAX_SERVER_FRAME_BYTES", "parse_params",
-]
+from .base import DEFAULT_ENCODING, ENCODINGS, MAX_ID_CHARS, MAX_VOICE_CHARS, Limits, is_valid_id
+from .errors import ProtocolError
+from .params import parse_params
+from .wire import pack, unpack_map, wire_type
 
 
 # --- client messages ------------------------------------------------------
@@ -279,36 +243,3 @@ def encode_client_message(msg: Mapping[str, Any]) -> bytes:
     if msg.get("type") not in _CLIENT_FIELDS:
         raise ValueError(f"type: {msg.get('type')!r} is not one of {', '.join(_CLIENT_FIELDS)}")
     return pack(msg)
-
-
-# --- PCM ------------------------------------------------------------------
-
-_S16_SCALE = 32767.0
-
-
-def pcm_encode(samples: np.ndarray, encoding: str) -> bytes:
-    """Mono float samples [T] in [-1, 1] → little-endian PCM bytes for an `audio` message.
-
-    pcm_s16le clips to [-1, 1] (NaN → 0), scales by 32767 and rounds.
-    """
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 1:
-        raise ValueError(f"pcm_encode: samples must be 1-D [T], got shape {samples.shape}")
-    if encoding == "pcm_f32le":
-        return samples.astype("<f4", copy=False).tobytes()
-    if encoding == "pcm_s16le":
-        clean = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
-        return np.rint(np.clip(clean, -1.0, 1.0) * _S16_SCALE).astype("<i2").tobytes()
-    raise ValueError(f"pcm_encode: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
-
-
-def pcm_decode(data: bytes, encoding: str) -> np.ndarray:
-    """Little-endian PCM bytes → float32 samples [T] (s16 divided by 32767)."""
-    width = {"pcm_s16le": 2, "pcm_f32le": 4}.get(encoding)
-    if width is None:
-        raise ValueError(f"pcm_decode: encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
-    if len(data) % width:
-        raise ProtocolError("bad_field", f"pcm: {len(data)} bytes is not a whole number of {width}-byte samples")
-    if encoding == "pcm_s16le":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / np.float32(_S16_SCALE)
-    return np.frombuffer(data, dtype="<f4").astype(np.float32)

@@ -12,9 +12,9 @@ from typing import Any
 
 from streaming.constants import SAMPLE_RATE
 
-from .protocol_base import DONE_REASONS, ENCODINGS, PROTOCOL_VERSION, Limits
-from .protocol_errors import ERROR_CODES, ProtocolError
-from .protocol_wire import pack, unpack_map, wire_type
+from .base import DONE_REASONS, ENCODINGS, PROTOCOL_VERSION, Limits
+from .errors import ERROR_CODES, ProtocolError
+from .wire import pack, unpack_map, wire_type
 
 # Server frames are trusted more than client frames but still bounded.
 MAX_SERVER_FRAME_BYTES = 16 * 1024 * 1024

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from .protocol_errors import ProtocolError
+from .errors import ProtocolError
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 _WIRE_NAMES = {type(None): "nil", bool: "bool", int: "int", float: "float", str: "str",

@@ -13,8 +13,8 @@ from typing import Any
 from streaming.errors import ConfigError
 from streaming.params import SamplingParams, StreamPolicy
 
-from .protocol_errors import ProtocolError
-from .protocol_wire import wire_type
+from .errors import ProtocolError
+from .wire import wire_type
 
 # wire key -> (dataclass, dataclass field, accepted kind)
 _SAMPLING = SamplingParams
