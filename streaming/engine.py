@@ -82,6 +82,7 @@ class EngineConfig:
     threads: int | None = None  # torch intra-op threads of the engine thread; None = compute_threads()
     static_shapes: bool = False  # decode steps at bucketed static shapes (what CUDA graphs need; CPU tests it)
     cuda_graphs: bool = False  # capture the semantic and coarse decode steps as CUDA graphs at start (GPU only)
+    coarse_prefix_slots: int | None = None  # KV slots preparing next coarse windows' prompts (None: max_streams; 0: off)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -90,6 +91,8 @@ class EngineConfig:
             raise ConfigError(f"max_queue: must be >= 0, got {self.max_queue}")
         if self.max_streams_per_owner is not None and self.max_streams_per_owner < 1:
             raise ConfigError(f"max_streams_per_owner: must be >= 1 or None, got {self.max_streams_per_owner}")
+        if self.coarse_prefix_slots is not None and self.coarse_prefix_slots < 0:
+            raise ConfigError(f"coarse_prefix_slots: must be >= 0 or None, got {self.coarse_prefix_slots}")
         if self.segment_overlap < 0:
             raise ConfigError(f"segment_overlap: must be >= 0, got {self.segment_overlap}")
 
@@ -113,7 +116,7 @@ class Engine:
         n = self.config.max_streams
         static = dict(static=self.config.static_shapes, graphs=self.config.cuda_graphs)
         self.semantic = SemanticStage(models.text, n, **static)
-        self.coarse = CoarseStage(models.coarse, n, **static)
+        self.coarse = CoarseStage(models.coarse, n, prefix_slots=self.config.coarse_prefix_slots, **static)
         self.fine = FineStage(models)
         self.decode = DecodeStage(codec, self.config.decoder, self.config.chunks)
         self.stages: list[Stage] = [self.semantic, self.coarse, self.fine, self.decode]  # pipeline order

@@ -63,6 +63,10 @@ class CoarseState:
     pending: int | None = None  # last sampled token, fed at the next decode step
     done: bool = False
     window_prompt: np.ndarray | None = None  # the open window's prompt (to rebuild its cache after eviction)
+    # The next window's prompt prefix, computed while this window decodes (stages/coarse.py):
+    prefix: np.ndarray | None = None  # its tokens (None: not started)
+    prefix_slot: int | None = None  # the KV slot it is computed in (becomes `slot` when the window opens)
+    prefix_done: int = 0  # positions of `prefix` already in prefix_slot
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -168,6 +169,34 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(merge_heads(y))
 
 
+    def extend(self, x: torch.Tensor, cache: KVCache, layer: int, slot_t: torch.Tensor, pos_t: torch.Tensor,
+               singles: tuple[torch.Tensor, DecodeIndex] | None,
+               multis: list[tuple[int, int, int, int]]) -> torch.Tensor:
+        """x: [1, N, C], the flat positions of several rows (GPT.extend). `singles`: the flat index of the
+        one-token rows and their DecodeIndex; `multis`: (offset, n, slot, start) of each longer chunk."""
+        N = x.shape[1]
+        q, k, v = self.c_attn(x[0]).split(self.n_embd, dim=1)  # each [N, C]
+        nh, hs = self.n_head, self.n_embd // self.n_head
+        q, k, v = q.view(N, nh, hs), k.view(N, nh, hs), v.view(N, nh, hs)
+        cache.k[layer, slot_t, :, pos_t] = k.to(cache.dtype)  # [N, nh, hs]
+        cache.v[layer, slot_t, :, pos_t] = v.to(cache.dtype)
+        y = torch.empty_like(q)
+        if singles is not None:
+            flat, index = singles
+            L = index.length
+            keys, values = cache.k[layer, index.slots, :, :L], cache.v[layer, index.slots, :, :L]
+            kernel = cache.kernel or ("sdpa" if cache.k.device.type != "cpu" else "matmul")
+            y[flat] = attend_batch(q[flat][:, :, None], keys, values, index.mask, kernel)[:, :, 0]
+        for off, n, slot, start in multis:
+            end = start + n
+            qi = q[off:off + n].transpose(0, 1)[None].to(cache.dtype)  # [1, nh, n, hs]
+            keys, values = cache.k[layer, slot, :, :end][None], cache.v[layer, slot, :, :end][None]
+            mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(start, end, device=x.device)[:, None]
+            yi = F.scaled_dot_product_attention(qi, keys, values, attn_mask=mask)  # [1, nh, n, hs]
+            y[off:off + n] = yi[0].transpose(0, 1).to(y.dtype)
+        return self.c_proj(y.reshape(1, N, self.n_embd))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -268,6 +297,48 @@ class GPT(nn.Module):
             cache.lengths[s] = n
         last = None if min(lengths) == T else upload(lengths, idx.device) - 1
         return self.head(x, rows, last)
+
+    @torch.inference_mode()
+    def extend(
+        self, chunks: list[np.ndarray], cache: KVCache, slots: list[int], rows: tuple[int, int] | None = None,
+        logits_of: list[int] | None = None,
+    ) -> torch.Tensor | None:
+        """Append chunk i (tokens int64 [n_i]) to slot i after what it holds, all rows in one pass.
+
+        Every linear layer runs once over all the rows' positions together, so a decode token
+        (a chunk of 1) and a prompt chunk share the weight reads: on a CPU a step's memory-bound
+        pass absorbs a compute-bound prefix chunk for little extra time. Attention is causal
+        over each slot's cache plus the chunk itself: chunks of 1 attend as a batch, longer
+        chunks one by one. A prompt computed as one prefill, or as chunks extended one after
+        another, gives the same keys and values up to float rounding (attention is causal).
+        Returns the logits of the last position of the rows in `logits_of` ([R, V] or the
+        vocabulary `rows`), or None; advances each slot's length by its chunk.
+        """
+        device = self.transformer.wte.weight.device
+        lens = [len(c) for c in chunks]
+        starts = [cache.lengths[s] for s in slots]
+        assert max(st + n for st, n in zip(starts, lens)) <= cache.max_len, "a chunk runs past its KV slot"
+        positions = np.concatenate([np.arange(st, st + n) for st, n in zip(starts, lens)])
+        tok = upload(np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks]), device)
+        pos_t = upload(positions, device)
+        slot_t = upload(np.repeat(slots, lens), device)
+        x = (self.transformer.wte(tok) + self.transformer.wpe(pos_t))[None]  # [1, N, C]
+        ends = np.cumsum(lens)
+        singles = [i for i, n in enumerate(lens) if n == 1]
+        single_index = None
+        if singles:
+            single_index = (upload([int(ends[i]) - 1 for i in singles], device),
+                            DecodeIndex.build([slots[i] for i in singles], [starts[i] for i in singles], device))
+        multis = [(int(ends[i]) - n, n, slots[i], starts[i]) for i, n in enumerate(lens) if n > 1]
+        for layer, block in enumerate(self.transformer.h):
+            x = x + block.attn.extend(block.ln_1(x), cache, layer, slot_t, pos_t, single_index, multis)
+            x = x + block.mlp(block.ln_2(x))
+        for s, st, n in zip(slots, starts, lens):
+            cache.lengths[s] = st + n
+        if not logits_of:
+            return None
+        last = upload([int(ends[i]) - 1 for i in logits_of], device)
+        return self.head(x[0, last][:, None], rows)
 
     @torch.inference_mode()
     def decode(

@@ -19,9 +19,10 @@ class CausalStage:
 
     rows: tuple[int, int] | None = None  # vocabulary rows the stage samples from (None: the whole head)
 
-    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False) -> None:
+    def __init__(self, model: GPT, n_slots: int, *, static: bool = False, graphs: bool = False,
+                 extra_slots: int = 0) -> None:
         self.model = model
-        self.cache = model.new_cache(n_slots + 1 if (static or graphs) else n_slots)
+        self.cache = model.new_cache(n_slots + extra_slots + (1 if (static or graphs) else 0))
         self.static = None  # steps at bucketed static shapes (CUDA graphs on GPUs): models/static_step.py
         if static or graphs:
             self.static = StaticDecoder(model, self.cache, self.cache.allocate(), self.rows, graphs=graphs)

@@ -1,0 +1,142 @@
+"""The next coarse window's prompt prefix, computed while the current window decodes (stages/coarse.py).
+
+What must be equal: the coarse tokens of a stream whose windows open on prepared prefixes and of the same
+stream with every window prefilled whole (np.array_equal), for greedy and for sampled streams, batched or
+alone, with dynamic shapes (the prefix rides along with the decode step) and static shapes (its own call).
+The prefix itself must be exactly the start of the prompt the window then builds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streaming.constants import COARSE_WINDOW_LEN
+from streaming.params import SamplingParams, StreamPolicy
+from streaming.prompts import coarse_history, coarse_n_steps
+from streaming.segment import CoarseState, Segment
+from streaming.stages.coarse import next_prefix, window_prompt
+from streaming.stream import SpeechRequest
+
+from engine_fixtures import make_engine, run, tiny_parts, voice
+
+TEXT = "Hello there, this is a test of the coarse prompt prefix."
+N_SEMANTIC = 110  # -> 330 coarse tokens: 6 windows
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_parts()
+
+
+def coarse_of(engine, seeds, greedy=False, fine="offline"):
+    """Run one request per seed at once; their coarse tokens (in seed order)."""
+    handles = []
+    for seed in seeds:
+        params = SamplingParams(greedy=greedy, seed=seed, max_semantic_tokens=N_SEMANTIC)
+        req = SpeechRequest(text=TEXT, voice=voice(), sampling=params, policy=StreamPolicy(fine=fine),
+                            return_tokens=True)
+        handles.append(engine.submit(req))
+    out = []
+    for h in handles:
+        done = list(h.events(timeout=300))[-1]
+        assert done.reason == "end", done
+        out.append(done.tokens[0].coarse)
+    return out
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["mixed-pass", "static-shapes"])
+def test_prefixed_windows_equal_whole_prefills(parts, static):
+    """Sampled and greedy streams, three at once and one alone: tokens identical with and without prefixes."""
+    on = make_engine(parts, max_streams=4, static_shapes=static)
+    off = make_engine(parts, max_streams=4, static_shapes=static, coarse_prefix_slots=0)
+    try:
+        together_on = coarse_of(on, [1, 2, 3])
+        alone_on = coarse_of(on, [2])
+        greedy_on = coarse_of(on, [0], greedy=True)
+        together_off = coarse_of(off, [1, 2, 3])
+        greedy_off = coarse_of(off, [0], greedy=True)
+        assert on.coarse.prefix_used >= 3 * 4, "windows should have opened on prepared prefixes"
+        assert on.coarse.prefix_positions > 0
+        assert off.coarse.prefix_used == off.coarse.prefix_positions == 0
+        assert together_on[0].shape[1] * 2 >= 5 * COARSE_WINDOW_LEN
+        for a, b in zip(together_on, together_off):
+            assert np.array_equal(a, b)
+        assert np.array_equal(alone_on[0], together_on[1])
+        assert np.array_equal(greedy_on[0], greedy_off[0])
+        for eng in (on, off):
+            assert eng.coarse.cache.n_free == eng.coarse.cache.n_slots - (1 if static else 0)
+            assert eng.coarse.main_held == eng.coarse.prefix_held == 0
+    finally:
+        on.stop()
+        off.stop()
+
+
+def test_prefix_slots_are_a_budget(parts):
+    """With fewer prefix slots than streams, the others prefill whole; tokens stay the same."""
+    one = make_engine(parts, max_streams=4, coarse_prefix_slots=1)
+    off = make_engine(parts, max_streams=4, coarse_prefix_slots=0)
+    try:
+        got, ref = coarse_of(one, [4, 5, 6]), coarse_of(off, [4, 5, 6])
+        assert 0 < one.coarse.prefix_used
+        for a, b in zip(got, ref):
+            assert np.array_equal(a, b)
+    finally:
+        one.stop()
+        off.stop()
+
+
+@pytest.mark.parametrize("with_voice", [False, True])
+def test_next_prefix_is_the_start_of_the_next_prompt(with_voice):
+    """At every step of every window, next_prefix() is exactly the start of the prompt the next window builds,
+    and what it leaves out is at most the 60 tokens this window makes."""
+    rng = np.random.default_rng(0)
+    v = voice() if with_voice else None
+    sem_hist, coarse_hist = coarse_history(None if v is None else v.semantic, None if v is None else v.coarse)
+    semantic = rng.integers(0, 10_000, 150).tolist()
+    checked = 0
+    for n_step in range(1, 400):
+        seg = Segment(0, "", [], None, None)
+        seg.semantic = semantic
+        seg.sem.done = True
+        seg.co = CoarseState(sem_hist=sem_hist, coarse_hist=coarse_hist, n_step=n_step,
+                             window_pos=n_step % COARSE_WINDOW_LEN)
+        if seg.co.window_pos == 0:
+            continue
+        seg.coarse = (10_000 + rng.integers(0, 2048, n_step)).tolist()
+        prefix = next_prefix(seg)
+        nxt = n_step - seg.co.window_pos + COARSE_WINDOW_LEN
+        if prefix is None:
+            assert nxt >= coarse_n_steps(len(semantic))  # only when no next window will open
+            continue
+        seg.coarse += (10_000 + rng.integers(0, 2048, nxt - n_step)).tolist()  # the rest of the window
+        seg.co.n_step, seg.co.window_pos = nxt, 0
+        prompt = window_prompt(seg)
+        assert np.array_equal(prefix, prompt[: len(prefix)])
+        assert len(prompt) - len(prefix) == COARSE_WINDOW_LEN
+        checked += 1
+    assert checked > 100
+
+
+def test_extend_equals_prefill_and_decode(parts):
+    """GPT.extend: chunks of a prompt (with a decode row sharing the pass) give the prefill's logits and
+    keys within float rounding (max abs diff <= 1e-5, fp32), and a one-token chunk equals decode."""
+    models = parts[0]
+    g = models.coarse
+    rows = (10_000, 10_000 + 2048)
+    p = np.random.default_rng(1).integers(0, 10_000, 300)
+    a, b = g.new_cache(3), g.new_cache(3)
+    with torch.inference_mode():
+        ref = g.prefill(torch.as_tensor(p)[None], a, [1], rows=rows)
+        g.prefill(torch.as_tensor(p[:40])[None], b, [0], rows=rows)
+        done, out = 0, None
+        for n in (17, 100, 1, 182):
+            out = g.extend([p[done:done + n], np.array([5])], b, [2, 0], rows=rows, logits_of=[0, 1])
+            done += n
+        assert b.lengths[2] == 300 and b.lengths[0] == 44
+        assert (out[0] - ref[0]).abs().max() <= 1e-5
+        assert (a.k[:, 1, :, :300] - b.k[:, 2, :, :300]).abs().max() <= 1e-5
+        d1 = g.decode(torch.tensor([7]), a, [1], rows=rows)
+        d2 = g.extend([np.array([7])], b, [2], rows=rows, logits_of=[0])
+        assert (d1 - d2).abs().max() <= 1e-5
