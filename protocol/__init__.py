@@ -9,13 +9,20 @@ One package both sides import: the server (`server/`) and the client library
 - `params`: the `params` map of speak/start → sampling parameters and stream policy;
 - `client_messages`: what a client sends (typed, validated on the server);
 - `server_messages`: what a server sends (builders, validated on the client);
-- `pcm`: float samples <-> the PCM bytes of `audio` messages.
+- `pcm`: float samples <-> the PCM bytes of `audio` messages;
+- `g711`: μ-law and A-law, in numpy (the server encodes with it, clients decode with it).
 
 This facade re-exports the names a user of the protocol needs.
 """
 
 from .base import (
+    BYTES_PER_SAMPLE,
+    COMPRESSED_ENCODINGS,
     DEFAULT_ENCODING,
+    DEFAULT_SAMPLE_RATE,
+    ENCODING_SAMPLE_RATES,
+    PCM_ENCODINGS,
+    SAMPLE_RATES,
     DONE_REASONS,
     ENCODINGS,
     MAX_ID_CHARS,
@@ -61,5 +68,6 @@ __all__ = [
     "decode_client_message", "encode_client_message", "decode_server_message", "encode_server_message",
     "ready_message", "audio_message", "segment_message", "done_message", "error_message", "flushed_message",
     "check_request_chars", "pcm_encode", "pcm_decode", "is_valid_id", "SERVER_FIELDS",
-    "MAX_SERVER_FRAME_BYTES", "parse_params",
+    "MAX_SERVER_FRAME_BYTES", "parse_params", "PCM_ENCODINGS", "COMPRESSED_ENCODINGS", "SAMPLE_RATES",
+    "DEFAULT_SAMPLE_RATE", "ENCODING_SAMPLE_RATES", "BYTES_PER_SAMPLE",
 ]

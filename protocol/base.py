@@ -9,8 +9,20 @@ from streaming.errors import ConfigError
 
 PROTOCOL_VERSION = 1
 PATH = "/v1/stream"
-ENCODINGS = ("pcm_s16le", "pcm_f32le")
+# Raw sample encodings: every `audio.pcm` holds whole samples (little-endian; G.711 one byte each).
+PCM_ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw")
+# Compressed encodings: the `audio.pcm` chunks of a request, concatenated in seq order, are one file.
+COMPRESSED_ENCODINGS = ("ogg_opus", "mp3")
+ENCODINGS = PCM_ENCODINGS + COMPRESSED_ENCODINGS
 DEFAULT_ENCODING = "pcm_s16le"
+BYTES_PER_SAMPLE = {"pcm_s16le": 2, "pcm_f32le": 4, "pcm_mulaw": 1, "pcm_alaw": 1}
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)  # Hz a request may ask for
+DEFAULT_SAMPLE_RATE = 24_000  # Bark's EnCodec rate: no resampling
+# Opus runs only at 8, 12, 16, 24 and 48 kHz (RFC 6716); the others take every rate above.
+OPUS_SAMPLE_RATES = (8000, 16000, 24000, 48000)
+ENCODING_SAMPLE_RATES: dict[str, tuple[int, ...]] = {
+    enc: OPUS_SAMPLE_RATES if enc == "ogg_opus" else SAMPLE_RATES for enc in ENCODINGS
+}
 DONE_REASONS = ("end", "cancelled", "error")
 MAX_ID_CHARS = 64
 MAX_VOICE_CHARS = 128

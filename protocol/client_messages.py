@@ -13,7 +13,17 @@ from typing import Any, ClassVar, Union
 
 from streaming.params import SamplingParams, StreamPolicy
 
-from .base import DEFAULT_ENCODING, ENCODINGS, MAX_ID_CHARS, MAX_VOICE_CHARS, Limits, is_valid_id
+from .base import (
+    DEFAULT_ENCODING,
+    DEFAULT_SAMPLE_RATE,
+    ENCODING_SAMPLE_RATES,
+    ENCODINGS,
+    MAX_ID_CHARS,
+    MAX_VOICE_CHARS,
+    SAMPLE_RATES,
+    Limits,
+    is_valid_id,
+)
 from .errors import ProtocolError
 from .params import parse_params
 from .wire import pack, unpack_map, wire_type
@@ -33,6 +43,7 @@ class Speak:
     encoding: str  # one of ENCODINGS
     sampling: SamplingParams
     policy: StreamPolicy
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # Hz of the audio sent back: one of ENCODING_SAMPLE_RATES[encoding]
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class Start:
     encoding: str
     sampling: SamplingParams
     policy: StreamPolicy
+    sample_rate: int = DEFAULT_SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -91,8 +103,8 @@ ClientMessage = Union[Speak, Start, Text, Flush, End, Cancel, Keepalive]
 
 # type -> (required fields, optional fields)
 _CLIENT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "speak": (("id", "text"), ("voice", "encoding", "params")),
-    "start": (("id",), ("voice", "encoding", "params")),
+    "speak": (("id", "text"), ("voice", "encoding", "sample_rate", "params")),
+    "start": (("id",), ("voice", "encoding", "sample_rate", "params")),
     "text": (("id", "text"), ()),
     "flush": (("id",), ()),
     "end": (("id",), ()),
@@ -161,6 +173,25 @@ def _check_encoding(value: Any) -> str:
     return value
 
 
+def _check_sample_rate(value: Any, encoding: str) -> int:
+    """The request's output rate: nil = 24000; otherwise an int the encoding supports."""
+    if value is None:
+        value = DEFAULT_SAMPLE_RATE
+    elif isinstance(value, bool) or not isinstance(value, int):
+        hint = f" (send {int(value)})" if isinstance(value, float) and value.is_integer() else ""
+        raise ProtocolError("bad_field", f"sample_rate: expected an integer, got {wire_type(value)}{hint}",
+                            field="sample_rate")
+    if value not in SAMPLE_RATES:
+        raise ProtocolError("bad_field", f"sample_rate: {value} is not one of "
+                            f"{', '.join(map(str, SAMPLE_RATES))}", field="sample_rate")
+    valid = ENCODING_SAMPLE_RATES[encoding]
+    if value not in valid:
+        why = " (Opus runs only at its own rates)" if encoding == "ogg_opus" else ""
+        raise ProtocolError("bad_field", f"sample_rate: {encoding} supports {', '.join(map(str, valid))}{why}, "
+                            f"not {value}", field="sample_rate")
+    return value
+
+
 def _check_shape(msg: Mapping[str, Any]) -> str:
     """Check `type` and the set of fields present; return the type."""
     if "type" not in msg:
@@ -197,10 +228,11 @@ def _build_client_message(msg: Mapping[str, Any], limits: Limits) -> ClientMessa
         text = _check_text(msg["text"], limits.max_request_chars, "max_request_chars", allow_blank=False)
     voice = _check_voice(msg.get("voice"))
     encoding = _check_encoding(msg.get("encoding"))
+    sample_rate = _check_sample_rate(msg.get("sample_rate"), encoding)
     sampling, policy = parse_params(msg.get("params"))
     if text is None:
-        return Start(req_id, voice, encoding, sampling, policy)
-    return Speak(req_id, text, voice, encoding, sampling, policy)
+        return Start(req_id, voice, encoding, sampling, policy, sample_rate)
+    return Speak(req_id, text, voice, encoding, sampling, policy, sample_rate)
 
 
 def decode_client_message(frame: bytes | str, limits: Limits) -> ClientMessage:

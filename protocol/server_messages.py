@@ -12,7 +12,7 @@ from typing import Any
 
 from streaming.constants import SAMPLE_RATE
 
-from .base import DONE_REASONS, ENCODINGS, PROTOCOL_VERSION, Limits
+from .base import DONE_REASONS, ENCODING_SAMPLE_RATES, ENCODINGS, PROTOCOL_VERSION, SAMPLE_RATES, Limits
 from .errors import ERROR_CODES, ProtocolError
 from .wire import pack, unpack_map, wire_type
 
@@ -27,22 +27,31 @@ def ready_message(
     *,
     sample_rate: int = SAMPLE_RATE,
     extra_limits: Mapping[str, int] | None = None,
+    voice_aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The `ready` message sent once after the connection opens."""
+    """The `ready` message sent once after the connection opens.
+
+    `sample_rate` is the model's own (and the default) rate; `sample_rates` what a request may ask
+    for; `encoding_sample_rates` the rates each encoding accepts (Opus has its own set).
+    """
     return {
         "type": "ready",
         "protocol": PROTOCOL_VERSION,
         "sample_rate": sample_rate,
         "channels": 1,
         "encodings": list(ENCODINGS),
+        "sample_rates": list(SAMPLE_RATES),
+        "encoding_sample_rates": {enc: list(rates) for enc, rates in ENCODING_SAMPLE_RATES.items()},
         "model": model,
         "voices": list(voices),
+        "voice_aliases": dict(voice_aliases or {}),
         "limits": {**limits.to_wire(), **(extra_limits or {})},
     }
 
 
 def audio_message(id: str, seq: int, sample: int, pcm: bytes) -> dict[str, Any]:  # noqa: A002
-    """One chunk of audio: `seq` counts chunks of this id from 0, `sample` is its first sample's offset."""
+    """One chunk of audio: `seq` counts chunks of this id from 0, `sample` is its first sample's offset
+    (compressed encodings: the samples given to the encoder before this chunk's input)."""
     if seq < 0 or sample < 0:
         raise ValueError(f"audio_message: seq ({seq}) and sample ({sample}) must be >= 0")
     return {"type": "audio", "id": id, "seq": seq, "sample": sample, "pcm": bytes(pcm)}
@@ -104,13 +113,15 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bin": (lambda v: isinstance(v, bytes), "bin"),
     "map": (lambda v: isinstance(v, dict), "a map"),
     "str_list": (_is_str_list, "an array of strings"),
+    "uint_list": (lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v), "an array of integers"),
     "reason": (lambda v: v in DONE_REASONS, f"one of {', '.join(DONE_REASONS)}"),
 }
 
 # type -> {field: check}; fields marked "?" are optional.
 SERVER_FIELDS: dict[str, dict[str, str]] = {
     "ready": {"protocol": "uint", "sample_rate": "uint", "channels": "uint", "encodings": "str_list",
-              "model": "str", "voices": "str_list", "limits": "map"},
+              "model": "str", "voices": "str_list", "limits": "map", "sample_rates?": "uint_list",
+              "encoding_sample_rates?": "map", "voice_aliases?": "map"},
     "audio": {"id": "str", "seq": "uint", "sample": "uint", "pcm": "bin"},
     "segment": {"id": "str", "text": "str", "start_sample": "uint", "end_sample": "uint"},
     "done": {"id": "str", "reason": "reason", "samples": "uint", "stats": "map"},

@@ -7,12 +7,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from streaming.engine import Engine, StreamHandle
 from streaming.errors import ErrorCode
 from streaming.events import StreamDone
 from streaming.voices import Voice
 
 from .config import ServerConfig
+from .formats import AudioPipeline, Encoded
 from .metrics import ServerMetrics
 from protocol import ERROR_CODES, ProtocolError
 from .voices import VoiceCatalog, VoiceUnavailable
@@ -51,8 +54,10 @@ class RequestState:
 
     id: str
     kind: str  # "speak" or "start"
-    encoding: str  # pcm_s16le | pcm_f32le
+    encoding: str  # one of protocol.ENCODINGS
     handle: StreamHandle
+    sample_rate: int = 24_000  # Hz of the audio sent
+    pipeline: AudioPipeline | None = None  # resampler and encoder, made when the request opens
     chars: int = 0  # characters received so far (start requests)
     ended: bool = False  # `end` received
     failure: ProtocolError | None = None  # set when the request must finish with `error` + `done(error)`
@@ -60,6 +65,21 @@ class RequestState:
     first_audio_at: float | None = None  # loop time the first audio was queued
     audio_s: float = 0.0  # audio queued so far
     least_lead_s: float | None = None  # least audio ahead of real time seen (None: fewer than two chunks)
+
+    async def convert(self, samples: np.ndarray | None) -> Encoded:
+        """The next 24 kHz chunk through the pipeline (None: its end), in a worker thread when that costs
+        more than a sample-format conversion."""
+        pipeline = self.pipeline
+        assert pipeline is not None
+
+        def call() -> Encoded:
+            return pipeline.finish() if samples is None else pipeline.feed(samples)
+
+        return await asyncio.to_thread(call) if pipeline.threaded else call()
+
+    def scale(self, sample: int) -> int:
+        """A 24 kHz sample offset at the request's rate (segment bounds)."""
+        return sample * self.sample_rate // 24_000
 
     def track_lead(self, now: float, chunk_s: float) -> None:
         """Before queueing a chunk: how far ahead of a real-time listener (started at the first audio) we are."""

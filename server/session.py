@@ -28,6 +28,7 @@ from streaming.errors import TextError
 from streaming.events import AudioChunk, SegmentSpan, StreamDone
 
 from .context import RequestState, ServerContext, engine_failure, wire_stats
+from .formats import AudioPipeline
 from .flow import AudioLedger, Verdict, Watchdog, WatchdogConfig
 from .limits import RateLimiter
 from protocol import (
@@ -47,7 +48,6 @@ from protocol import (
     flushed_message,
     encode_server_message,
     is_valid_id,
-    pcm_encode,
     segment_message,
 )
 from protocol.wire import unpack_map
@@ -346,7 +346,8 @@ class Session:
         if self._closing:  # the connection went away while the text was being prepared
             handle.cancel()
             return
-        req = RequestState(msg.id, msg.TYPE, msg.encoding, handle)
+        req = RequestState(msg.id, msg.TYPE, msg.encoding, handle, sample_rate=msg.sample_rate,
+                           pipeline=AudioPipeline(msg.encoding, msg.sample_rate))
         self._requests[msg.id] = req
         if self.key is not None:
             self._ctx.key_streams[self.key] += 1
@@ -354,15 +355,20 @@ class Session:
         req.pump = asyncio.create_task(self._pump(req), name=f"{self.conn_id} pump {msg.id}")
         if isinstance(msg, Start) and cfg.request_text_timeout is not None:
             asyncio.get_running_loop().call_later(cfg.request_text_timeout, self._text_deadline, req)
-        log.info("conn %s: request %s: %s accepted (stream %s, voice %s, %s)", self.conn_id, msg.id, msg.TYPE,
-                 handle.id, msg.voice or cfg.default_voice, msg.encoding)
+        log.info("conn %s: request %s: %s accepted (stream %s, voice %s, %s at %d Hz)", self.conn_id, msg.id,
+                 msg.TYPE, handle.id, msg.voice or cfg.default_voice, msg.encoding, msg.sample_rate)
 
     # --- per-request pump ------------------------------------------------------------
 
     async def _pump(self, req: RequestState) -> None:
-        """Forward one engine stream's events as frames, numbering audio; always ends with `done`."""
-        seq = sample = 0
+        """Forward one engine stream's events as frames, numbering audio; always ends with `done`.
+
+        Audio goes through the request's pipeline (resampler, encoder); at a normal end what the
+        pipeline still holds (filter delay, the encoder's last frames) follows as a last chunk.
+        """
+        seq = 0
         done: StreamDone | None = None
+        assert req.pipeline is not None
         try:
             async for event in req.handle:
                 if isinstance(event, StreamDone):
@@ -378,20 +384,29 @@ class Session:
                     req.track_lead(asyncio.get_running_loop().time(), audio_s)
                     self._ctx.metrics.audio_sent(audio_s)
                     await self._wait_credit(req)
-                    pcm = pcm_encode(event.samples, req.encoding)
-                    frame = encode_server_message(audio_message(req.id, seq, sample, pcm))
-                    seq, sample = seq + 1, sample + int(event.samples.size)
+                    out = await req.convert(event.samples)
+                    if not out.data:  # the resampler or encoder is holding it: it comes with a later chunk
+                        continue
+                    frame = encode_server_message(audio_message(req.id, seq, out.first_sample, out.data))
+                    seq += 1
                 elif isinstance(event, SegmentSpan):
-                    frame = encode_server_message(
-                        segment_message(req.id, event.text, event.start_sample, event.end_sample))
+                    frame = encode_server_message(segment_message(
+                        req.id, event.text, req.scale(event.start_sample), req.scale(event.end_sample)))
                 else:
                     continue
                 await self._put_frame(req, frame, audio_s)
+            if done is not None and done.reason == "end" and req.failure is None:
+                tail = await req.convert(None)
+                if tail.data:
+                    await self._put_frame(req, encode_server_message(
+                        audio_message(req.id, seq, tail.first_sample, tail.data)), 0.0)
         except Exception as exc:  # noqa: BLE001 - one request's bug must not take the connection down
             log.exception("conn %s: request %s: pump failed", self.conn_id, req.id)
             req.handle.cancel()
             req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
-        await self._finish(req, done, sample)
+        finally:
+            req.pipeline.close()
+        await self._finish(req, done, req.pipeline.samples_out)
 
     async def _wait_credit(self, req: RequestState) -> None:
         """While the peer owes acknowledgement of max_buffer_s of audio, the engine pauses this stream."""

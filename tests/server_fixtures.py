@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.app import BarkServer
 from server.config import ServerConfig
-from protocol import PATH, Limits, decode_server_message, encode_client_message, pcm_decode
+from protocol import BYTES_PER_SAMPLE, PATH, Limits, decode_server_message, encode_client_message, pcm_decode
 from streaming.bundle import load_engine
 from streaming.engine import Engine, EngineConfig, SpeechRequest
 from streaming.voices import bundled_voices_dir
@@ -223,7 +223,7 @@ class Result:
     def check_contiguous(self, encoding: str = "pcm_s16le") -> None:
         """seq 0,1,2..., sample offsets contiguous, total == done.samples."""
         assert self.done is not None, "no done"
-        width = 2 if encoding == "pcm_s16le" else 4
+        width = BYTES_PER_SAMPLE[encoding]
         offset = 0
         for seq, msg in enumerate(self.audio):
             assert (msg["seq"], msg["sample"]) == (seq, offset), (msg["seq"], msg["sample"], seq, offset)

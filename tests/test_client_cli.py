@@ -288,7 +288,7 @@ def test_caller_mistakes_raise_value_error() -> None:
             with pytest.raises(ValueError, match="id:"):
                 await collect(client.speak("hi", id="no spaces"))
             with pytest.raises(ValueError, match="encoding:"):
-                await collect(client.speak("hi", encoding="mp3"))
+                await collect(client.speak("hi", encoding="wav"))
             with pytest.raises(ValueError, match="text:"):
                 await collect(client.speak("  "))
             first = client.speak("hi", id="same")

@@ -225,7 +225,8 @@ def test_disconnect_cancels_streams(server: ServerThread, abrupt: bool) -> None:
 
 
 def test_ready_announces_limits(server: ServerThread) -> None:
-    """ready carries protocol 1, 24 kHz mono, both encodings, the model and the configured limits."""
+    """ready carries protocol 1, 24 kHz mono, every encoding and sample rate (Opus's own set), the model and
+    the configured limits."""
     async def go() -> dict[str, object]:
         client = await RawClient.connect(server.url)
         await client.close()
@@ -233,7 +234,10 @@ def test_ready_announces_limits(server: ServerThread) -> None:
 
     ready = run(go())
     assert (ready["protocol"], ready["sample_rate"], ready["channels"], ready["model"]) == (1, 24000, 1, "random-tiny")
-    assert ready["encodings"] == ["pcm_s16le", "pcm_f32le"]
+    assert ready["encodings"] == ["pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw", "ogg_opus", "mp3"]
+    assert ready["sample_rates"] == [8000, 16000, 22050, 24000, 44100, 48000]
+    assert ready["encoding_sample_rates"]["ogg_opus"] == [8000, 16000, 24000, 48000]  # type: ignore[index]
+    assert ready["encoding_sample_rates"]["mp3"] == ready["sample_rates"]  # type: ignore[index]
     assert ready["limits"]["max_ids_in_flight"] == server.config.limits.max_ids_in_flight  # type: ignore[index]
     assert "v2/en_speaker_6" in ready["voices"]  # type: ignore[operator]
 

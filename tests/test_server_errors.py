@@ -149,10 +149,11 @@ def test_voice_path_is_refused(server: ServerThread, want: np.ndarray) -> None:
 
 
 def test_unknown_encoding(server: ServerThread, want: np.ndarray) -> None:
-    """An encoding other than pcm_s16le/pcm_f32le gets bad_encoding listing both."""
-    error = check(server, want, message({"type": "speak", "id": "x1", "text": TEXT, "encoding": "mp3"}))
+    """An encoding the protocol does not define gets bad_encoding listing the valid ones."""
+    error = check(server, want, message({"type": "speak", "id": "x1", "text": TEXT, "encoding": "wav"}))
     assert error["code"] == "bad_encoding"
-    assert error["message"] == "encoding: 'mp3' is not one of pcm_s16le, pcm_f32le"
+    assert error["message"] == ("encoding: 'wav' is not one of pcm_s16le, pcm_f32le, pcm_mulaw, pcm_alaw, "
+                                "ogg_opus, mp3")
 
 
 def test_duplicate_id(server: ServerThread, want: np.ndarray) -> None:
