@@ -23,7 +23,7 @@ from streaming.errors import ConfigError, VoiceError, WeightsError
 
 from .app import BarkServer, create_engine
 from .auth import load_keys
-from .config import LOG_LEVELS, ServerConfig
+from .config import DEFAULT_VOICE_ALIASES, LOG_LEVELS, ServerConfig
 from protocol import Limits
 
 log = logging.getLogger("server")
@@ -38,10 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig()
     lim = Limits()
     p = argparse.ArgumentParser(prog="python -m server", description="Streaming Bark text-to-speech server "
-                                "(WebSocket protocol v1 on /v1/stream, HTTP /healthz and /metrics).")
+                                "(WebSocket protocol v1 on /v1/stream, HTTP /healthz and /metrics; with "
+                                "--http-port, OpenAI's POST /v1/audio/speech).")
     net = p.add_argument_group("listening")
     net.add_argument("--host", default=d.host, help=f"interface to bind (default {d.host})")
     net.add_argument("--port", type=int, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
+    net.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                     help="also serve the OpenAI-compatible HTTP API (POST /v1/audio/speech, /v1/models, "
+                          "/healthz, /metrics) on this port (default: off; the README uses 8766)")
     model = p.add_argument_group("model")
     model.add_argument("--model", default=d.model,
                        help=f"bark-small, bark, hf:<repo>, a local directory, or random-tiny|small|large "
@@ -63,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory with vocab.txt, or a hub repo id (default bert-base-multilingual-cased)")
     model.add_argument("--voices", type=Path, default=None, metavar="DIR", help="directory of voice presets")
     model.add_argument("--default-voice", default=None, help="voice for requests that name none")
+    model.add_argument("--voice-alias", action="append", default=[], metavar="NAME=PRESET",
+                       help="another name for a preset (repeatable); OpenAI's names (alloy, echo, nova, ...) are "
+                            "aliases of v2/en_speaker_N presets unless set here")
     model.add_argument("--offline", "--local-files-only", dest="offline", action="store_true",
                        help="never reach the hub: weights, tokenizer and voices from local files or the cache")
     cap = p.add_argument_group("limits")
@@ -86,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _LIMIT_FIELDS:
         cap.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(lim, name),
                          help=f"per connection (default {getattr(lim, name)})")
+    cap.add_argument("--http-max-requests", type=int, default=d.http_max_requests,
+                     help=f"HTTP speech requests in flight, all clients (default {d.http_max_requests})")
+    cap.add_argument("--http-requests-per-s", type=float, default=d.http_requests_per_s,
+                     help=f"HTTP speech requests per second per client address (default {d.http_requests_per_s:g})")
+    cap.add_argument("--http-request-burst", type=int, default=d.http_request_burst,
+                     help=f"HTTP speech requests a client address may send at once (default {d.http_request_burst})")
     cap.add_argument("--send-queue-frames", type=int, default=d.send_queue_frames,
                      help="frames buffered per connection before its streams pause")
     cap.add_argument("--compression", action="store_true", help="enable permessage-deflate (default off)")
@@ -157,8 +170,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         open_timeout=args.open_timeout, close_timeout=args.close_timeout, drain_timeout=args.drain_timeout,
         api_keys=load_keys(args.api_key_file, _env(args.api_key_env)),
         allowed_origins=tuple(args.allowed_origin), public_metrics=args.public_metrics,
-        log_level=args.log_level,
+        log_level=args.log_level, http_port=args.http_port, http_max_requests=args.http_max_requests,
+        http_requests_per_s=args.http_requests_per_s, http_request_burst=args.http_request_burst,
+        voice_aliases=DEFAULT_VOICE_ALIASES + _aliases(args.voice_alias),
     )
+
+
+def _aliases(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """--voice-alias NAME=PRESET values as pairs; ConfigError naming the flag otherwise."""
+    pairs = []
+    for value in values:
+        name, sep, preset = value.partition("=")
+        if not sep or not name.strip() or not preset.strip():
+            raise ConfigError(f"--voice-alias: expected NAME=PRESET (e.g. alloy=v2/en_speaker_6), got {value!r}")
+        pairs.append((name.strip(), preset.strip()))
+    return tuple(pairs)
 
 
 async def serve(config: ServerConfig) -> int:
@@ -178,7 +204,8 @@ async def serve(config: ServerConfig) -> int:
         try:
             await server.start()
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+            ports = f"{config.port}" + (f" / {config.http_port} (--http-port)" if config.http_port is not None else "")
+            raise ConfigError(f"cannot listen on {config.host}:{ports}: {exc.strerror or exc}") from None
         try:
             return await _until_stopped(server, signals, config.drain_timeout)
         finally:

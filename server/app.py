@@ -1,4 +1,5 @@
-"""The server: WebSocket sessions on `/v1/stream`, plain HTTP `/healthz` and `/metrics` on the same port.
+"""The server: WebSocket sessions on `/v1/stream`, plain HTTP `/healthz` and `/metrics` on the same port,
+and, with `http_port`, the OpenAI-compatible HTTP API (server/httpapi) on its own port, same event loop.
 
     engine = create_engine(config); engine.start()      # blocking: load + warm-up
     async with BarkServer(engine, config) as server:    # the port opens here
@@ -36,8 +37,9 @@ from .context import ServerContext
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import ServerMetrics
 from protocol import PATH, ProtocolError, encode_server_message, ready_message
-from .voices import VoiceCatalog
+from .voices import VoiceCatalog, active_aliases
 from .session import Session
+from .httpapi import HttpApi
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +88,18 @@ class BarkServer:
         self.metrics = ServerMetrics()
         voices = VoiceCatalog(config.voices_dir, config.offline)
         voices.discover()  # blocking, before the port opens: ready.voices lists only what loads now
+        aliases = active_aliases(config.voice_aliases, voices.names)
         ready = ready_message(
             engine.model_name, voices.names, config.limits,
             extra_limits={"max_streams": config.max_streams, "max_queue": config.max_queue,
                           "max_messages_per_s": int(config.max_messages_per_s),
                           "max_buffer_ms": int(config.max_buffer_s * 1000)},
+            voice_aliases=aliases,
         )
-        self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready), voices)
+        self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready), voices,
+                                  aliases=aliases)
         self._keys = KeySet(config.api_keys)
+        self._http: HttpApi | None = None
         self._auth_warning = RateLimitedWarning(log)
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -111,8 +117,13 @@ class BarkServer:
         assert self._server is not None, "BarkServer.port: the server is not started"
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP API's TCP port (None when --http-port was not given)."""
+        return self._http.port if self._http is not None else None
+
     async def start(self) -> None:
-        """Open the listening socket and start watching the engine."""
+        """Open the listening sockets (WebSocket, and the HTTP API if configured) and watch the engine."""
         cfg = self.config
         self._server = await serve(
             self._handle, cfg.host, cfg.port, process_request=self._process_request,
@@ -125,6 +136,16 @@ class BarkServer:
         )
         for name in SERVER_LOGGERS:  # keys redacted and control characters escaped in every server log line
             secret_free_logger(name)
+        if cfg.http_port is not None:
+            self._http = HttpApi(self._ctx, self._keys, health=self.health, render_metrics=self._render_metrics)
+            try:
+                await self._http.start(cfg.host, cfg.http_port)
+            except BaseException:
+                await self._http.close()
+                self._http = None
+                self._server.close()
+                await self._server.wait_closed()
+                raise
         self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
         log.info("listening on ws://%s:%d%s (model %s, %s)", cfg.host, self.port, PATH, self.engine.model_name,
                  f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no authentication")
@@ -137,12 +158,14 @@ class BarkServer:
         self._draining = True  # new upgrades get 503 + Retry-After; /healthz says "draining" with 503
         for session in self._sessions:
             session.drain()
+        if self._http is not None:
+            self._http.drain()
         busy = sum(s.busy for s in self._sessions)
-        log.info("draining: %d connection(s), %d with requests in flight, deadline %.1f s",
-                 len(self._sessions), busy, timeout)
+        log.info("draining: %d connection(s), %d with requests in flight, %d HTTP request(s), deadline %.1f s",
+                 len(self._sessions), busy, self.metrics.http_in_flight, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(s.busy for s in self._sessions) and loop.time() < deadline:
+        while self._busy() and loop.time() < deadline:
             await asyncio.sleep(0.05)  # bounded by the drain deadline
         left = [s for s in self._sessions if s.busy]
         if left:
@@ -150,10 +173,16 @@ class BarkServer:
         await self._close_sessions(ProtocolError("shutting_down", "the server is restarting; reconnect later",
                                                  close_code=1012))
 
+    def _busy(self) -> bool:
+        return any(s.busy for s in self._sessions) or (self._http is not None and self._http.busy)
+
     async def close(self) -> None:
         """Send `shutting_down` to every connection, close them (1001) and stop listening; safe to call twice."""
         if self._server is None:
             return
+        if self._http is not None:  # HTTP answers in flight are cut (their engine streams cancelled)
+            await self._http.close()
+            self._http = None
         await self._close_sessions(None)
         if self._watcher is not None:
             self._watcher.cancel()
@@ -253,17 +282,20 @@ class BarkServer:
         return _refusal(connection, 401, "missing or unknown API key (Authorization: Bearer, X-API-Key "
                         "or ?token=)", WWW_Authenticate='Bearer realm="bark-stream"')
 
-    def _healthz(self, connection: ServerConnection) -> Response:
+    def health(self) -> tuple[int, dict[str, Any]]:
         """One JSON shape: {"status": ok|unavailable, "reason": null|draining|engine_failed, "model",
         "active_streams"}; 200 only when new streams are accepted (balancers route on the status code)."""
         snap = self.engine.snapshot()
         reason = "engine_failed" if not self.engine.healthy else "draining" if self._draining else None
         body = {"status": "ok" if reason is None else "unavailable", "reason": reason,
                 "model": self.engine.model_name, "active_streams": snap.active}
-        if reason is None:
-            return _json_response(connection, 200, body)
-        response = _json_response(connection, 503, body)
-        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return (200 if reason is None else 503), body
+
+    def _healthz(self, connection: ServerConnection) -> Response:
+        status, body = self.health()
+        response = _json_response(connection, status, body)
+        if status != 200:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
 
     def _render_metrics(self) -> str:

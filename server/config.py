@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,13 @@ from streaming.errors import ConfigError
 from protocol import Limits
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_ALIAS = re.compile(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)?")  # a voice name, as requests spell them
+
+# OpenAI's voice names, so that apps that only know those (Open WebUI, SillyTavern, ...) work out of the
+# box; each maps to a Bark English preset. Operators change or add them with --voice-alias NAME=PRESET.
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+DEFAULT_VOICE_ALIASES: tuple[tuple[str, str], ...] = tuple(
+    (name, f"v2/en_speaker_{i % 10}") for i, name in enumerate(OPENAI_VOICES))
 
 
 def _positive(name: str, value: object) -> None:
@@ -85,6 +93,12 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()  # accepted keys; empty = no authentication
     allowed_origins: tuple[str, ...] = ()  # exact Origin values allowed; empty = any (a missing Origin passes)
     public_metrics: bool = False  # serve /metrics without a key even when api_keys are set
+    # --- OpenAI-compatible HTTP API (server/httpapi), off unless http_port is set
+    http_port: int | None = None  # TCP port of POST /v1/audio/speech (+ /healthz, /metrics); 0 = any free one
+    http_max_requests: int = 32  # speech requests in flight over HTTP, all clients; more get 503 + Retry-After
+    http_requests_per_s: float = 5.0  # speech requests per second per client address (token bucket refill)
+    http_request_burst: int = 10  # speech requests a client address may send at once
+    voice_aliases: tuple[tuple[str, str], ...] = DEFAULT_VOICE_ALIASES  # (alias, preset): OpenAI's voice names
     # --- logging
     log_level: str = "info"
 
@@ -114,6 +128,13 @@ class ServerConfig:
         if self.probe_interval >= self.slow_consumer_timeout:
             raise ConfigError(f"probe_interval ({self.probe_interval}) must be below slow_consumer_timeout "
                               f"({self.slow_consumer_timeout})")
+        if self.http_port is not None and (isinstance(self.http_port, bool) or not isinstance(self.http_port, int)
+                                           or not 0 <= self.http_port <= 65535):
+            raise ConfigError(f"http_port: expected an integer in 0..65535, got {self.http_port!r}")
+        _positive("http_max_requests", self.http_max_requests)
+        _positive("http_request_burst", self.http_request_burst)
+        _positive_number("http_requests_per_s", self.http_requests_per_s)
+        _check_aliases(self.voice_aliases)
         _check_strings("api_keys", self.api_keys)
         _check_strings("allowed_origins", self.allowed_origins)
         if not isinstance(self.limits, Limits):
@@ -139,6 +160,14 @@ class ServerConfig:
         keys = f"<{len(self.api_keys)} key(s)>"
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "api_keys")
         return f"ServerConfig({fields}, api_keys={keys})"
+
+
+def _check_aliases(aliases: object) -> None:
+    ok = isinstance(aliases, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(v, str) and _ALIAS.fullmatch(v) for v in pair)
+        for pair in aliases)
+    if not ok:
+        raise ConfigError(f"voice_aliases: expected (alias, preset) pairs of voice names, got {aliases!r:.200}")
 
 
 def _check_networks(values: tuple[str, ...]) -> None:

@@ -15,7 +15,7 @@ from streaming.events import StreamDone
 from streaming.voices import Voice
 
 from .config import ServerConfig
-from .formats import AudioPipeline, Encoded
+from .formats import AudioPipeline, Encoded, convert
 from .metrics import ServerMetrics
 from protocol import ERROR_CODES, ProtocolError
 from .voices import VoiceCatalog, VoiceUnavailable
@@ -33,12 +33,15 @@ class ServerContext:
     ready_frame: bytes  # encoded once at startup
     voices: VoiceCatalog  # what `ready.voices` lists, and how a request's voice is loaded
     key_streams: Counter[int] = field(default_factory=Counter)  # requests in flight per API key index
+    aliases: dict[str, str] = field(default_factory=dict)  # voice alias -> preset, only presets offered
 
     async def resolve_voice(self, name: str | None, req_id: str) -> Voice | None:
-        """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none."""
+        """The voice a request asked for (or the default), loaded off the event loop; unknown_voice if none.
+        An alias (OpenAI's `alloy`, ...) stands for its preset."""
         name = name if name is not None else self.config.default_voice
         if name is None:
             return None
+        name = self.aliases.get(name, name)
         if not _VOICE_NAME.fullmatch(name):
             raise ProtocolError("unknown_voice", f"voice: {name[:40]!r} is not a voice name (letters, digits, "
                                 "- and _, optionally one /, e.g. v2/en_speaker_6)", id=req_id)
@@ -69,13 +72,8 @@ class RequestState:
     async def convert(self, samples: np.ndarray | None) -> Encoded:
         """The next 24 kHz chunk through the pipeline (None: its end), in a worker thread when that costs
         more than a sample-format conversion."""
-        pipeline = self.pipeline
-        assert pipeline is not None
-
-        def call() -> Encoded:
-            return pipeline.finish() if samples is None else pipeline.feed(samples)
-
-        return await asyncio.to_thread(call) if pipeline.threaded else call()
+        assert self.pipeline is not None
+        return await convert(self.pipeline, samples)
 
     def scale(self, sample: int) -> int:
         """A 24 kHz sample offset at the request's rate (segment bounds)."""

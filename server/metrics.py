@@ -5,7 +5,9 @@ hand-written exposition used, plus the signals added for operators:
 
     bark_up, bark_active_streams, bark_paused_streams, bark_queue_depth, bark_connections,
     bark_unacknowledged_audio_seconds                                  gauges, read at scrape time
+    bark_http_requests_in_flight                                       gauge (the HTTP API)
     bark_requests_total, bark_requests_finished_total{reason},
+    bark_http_responses_total{endpoint,status},
     bark_errors_total{code}, bark_handshakes_refused_total{reason},
     bark_reads_throttled_total{budget}, bark_audio_seconds_total       counters
     bark_ttfa_seconds, bark_rtf, bark_queue_wait_seconds,
@@ -16,7 +18,8 @@ far its audio ran ahead of real time at its worst moment (first audio time plus
 the time each later chunk needed, against the audio already sent); a value at or
 below 0 means a real-time listener would have stalled.
 
-Counters and histograms are updated on the event loop thread only.
+Requests over the HTTP API count in the same request, audio and timing series as WebSocket
+ones. Counters and histograms are updated on the event loop thread only.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class ServerMetrics:
         self._throttled = Counter("bark_reads_throttled", "Times a connection's socket stopped being read because "
                                   "it sent more bytes or frames per second than allowed.", ["budget"], registry=r)
         self._audio = Counter("bark_audio_seconds", "Audio sent to clients.", registry=r)
+        self.http_in_flight = 0  # speech requests being answered over HTTP (also a gauge)
+        self._http_in_flight = Gauge("bark_http_requests_in_flight", "Speech requests being answered over the "
+                                     "HTTP API.", registry=r)
+        self._http = Counter("bark_http_responses", "HTTP API answers, by endpoint and status code.",
+                             ["endpoint", "status"], registry=r)
         self._ttfa = Histogram("bark_ttfa_seconds", "Submit to first audio chunk.", buckets=TTFA_BUCKETS, registry=r)
         self._rtf = Histogram("bark_rtf", "Wall time over audio time per finished request.", buckets=RTF_BUCKETS,
                               registry=r)
@@ -87,6 +95,9 @@ class ServerMetrics:
     def throttle(self, budget: str) -> None:
         self._throttled.labels(budget=budget).inc()
 
+    def http_response(self, endpoint: str, status: int) -> None:
+        self._http.labels(endpoint=endpoint, status=str(status)).inc()
+
     def audio_sent(self, seconds: float) -> None:
         self._audio.inc(seconds)
 
@@ -114,5 +125,6 @@ class ServerMetrics:
         self._paused.set(paused_streams)
         self._queue.set(queue_depth)
         self._conns.set(self.connections)
+        self._http_in_flight.set(self.http_in_flight)
         self._owed.set(round(owed_audio_s, 3))
         return generate_latest(self.registry).decode("utf-8")

@@ -25,6 +25,18 @@ from streaming.weights import hub_reachable
 
 log = logging.getLogger(__name__)
 
+def active_aliases(pairs: tuple[tuple[str, str], ...], offered: list[str]) -> dict[str, str]:
+    """The voice aliases in force: later pairs override earlier ones; an alias whose preset is not offered
+    is left out (and logged), so no alias promises a voice that cannot load."""
+    wanted = dict(pairs)
+    active = {alias: preset for alias, preset in wanted.items() if preset in offered and alias not in offered}
+    missing = sorted(a for a, p in wanted.items() if p not in offered)
+    if missing:
+        log.info("voices: %d alias(es) left out, their presets are not offered: %s", len(missing), ", ".join(
+            f"{a} -> {wanted[a]}" for a in missing[:12]))
+    return active
+
+
 class VoiceUnavailable(Exception):
     """A voice a request cannot have; the message is safe to send to the client."""
 

@@ -16,9 +16,9 @@ runs in a worker thread (`AudioPipeline.threaded`), never on the event loop.
 """
 
 from .encoders import CONTAINERS, FORMATS, PCM_FORMATS
-from .pipeline import AudioPipeline, Encoded
+from .pipeline import AudioPipeline, Encoded, convert
 from .resample import Resampler
 from .tempo import MAX_SPEED, MIN_SPEED, TimeStretch
 
-__all__ = ["AudioPipeline", "Encoded", "Resampler", "TimeStretch", "FORMATS", "PCM_FORMATS", "CONTAINERS",
+__all__ = ["AudioPipeline", "Encoded", "convert", "Resampler", "TimeStretch", "FORMATS", "PCM_FORMATS", "CONTAINERS",
            "MIN_SPEED", "MAX_SPEED"]

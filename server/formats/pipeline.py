@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass
 
@@ -94,3 +95,13 @@ class AudioPipeline:
         if not self._closed:
             self._closed = True
             self._encoder.close()
+
+
+async def convert(pipeline: AudioPipeline, samples: np.ndarray | None) -> Encoded:
+    """Feed `samples` (None: finish) through `pipeline`, in a worker thread when that costs more than a
+    sample-format conversion, so neither the event loop nor the engine thread does caller-sized work."""
+
+    def call() -> Encoded:
+        return pipeline.finish() if samples is None else pipeline.feed(samples)
+
+    return await asyncio.to_thread(call) if pipeline.threaded else call()

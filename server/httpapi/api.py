@@ -1,0 +1,318 @@
+"""`HttpApi`: the OpenAI-compatible HTTP endpoints on `--http-port`, beside the WebSocket server.
+
+    POST /v1/audio/speech    OpenAI's text-to-speech call, streamed (speech.py)
+    GET  /v1/models          OpenAI's model list: this server's model, plus the names apps send
+    GET  /v1/audio/voices    {"voices": [{"id", "name"}, ...]}: presets and aliases (Kokoro-FastAPI's shape,
+                             which Open WebUI reads to fill its voice menu)
+    GET  /v1/audio/models    {"models": [{"id"}, ...]} (the same apps' model menu)
+    GET  /healthz, /metrics  the same answers as on the WebSocket port
+
+aiohttp serves it on the same event loop as the WebSocket server (uvloop when
+present) and it uses the same engine, API keys, voices, limits and metrics:
+one `ServerContext`. Every limit has its HTTP form: input size, body size, a
+request rate per client address, requests in flight (all clients, per address,
+per API key), the engine's queue (503 + Retry-After), and a stalled reader.
+A client that disconnects cancels its generation: aiohttp cancels the handler
+(`handler_cancellation=True`) and the handler cancels the engine stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from protocol import ProtocolError
+from streaming.engine import EngineOverloaded, SpeechRequest, StreamHandle
+from streaming.errors import TextError
+
+from ..auth import KeySet, RateLimitedWarning, client_address
+from ..context import ServerContext
+from ..limits import RateLimiter
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .errors import ApiError, bad_field, rate_limited, unauthorised, unavailable
+from .speech import SpeechCall, SpeechStream, parse_speech
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5  # Retry-After when the server is stopping or full of HTTP requests
+MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # names apps send; all served by the one model
+MAX_TRACKED_ADDRESSES = 4096  # per-address rate buckets kept; idle ones are dropped beyond this
+HEALTH = Callable[[], tuple[int, dict[str, Any]]]
+
+
+class _Credentials:
+    """What `KeySet` reads from a request (headers and target), from an aiohttp request."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.path = request.path_qs
+        self.headers = self
+        self._headers = request.headers
+
+    def get_all(self, name: str) -> list[str]:
+        return list(self._headers.getall(name, []))
+
+
+class HttpApi:
+    """The HTTP API over a ServerContext; `start()` listens, `drain()` and `close()` stop it."""
+
+    def __init__(self, ctx: ServerContext, keys: KeySet, *, health: HEALTH, render_metrics: Callable[[], str]) -> None:
+        self._ctx = ctx
+        self._keys = keys
+        self._health = health
+        self._render_metrics = render_metrics
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._draining = False
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[Any]] = set()  # speech handlers in flight
+        self._per_address: Counter[str] = Counter()  # speech requests in flight per client address
+        self._rates: dict[str, RateLimiter] = {}
+        self._rate_seen: dict[str, float] = {}
+        self._auth_warning = RateLimitedWarning(log)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        limits = self._ctx.config.limits
+        # a JSON body of max_request_chars characters: at most 6 bytes each (\uXXXX escapes), plus the fields
+        app = web.Application(client_max_size=6 * limits.max_request_chars + 16_384, middlewares=[self._guard])
+        app.router.add_post("/v1/audio/speech", self._speech, name="speech")
+        app.router.add_get("/v1/models", self._models, name="models")
+        app.router.add_get("/v1/models/{model}", self._model, name="model")
+        app.router.add_get("/v1/audio/voices", self._voices, name="voices")
+        app.router.add_get("/v1/audio/models", self._audio_models, name="audio_models")
+        app.router.add_get("/healthz", self._healthz, name="healthz")
+        app.router.add_get("/metrics", self._metrics, name="metrics")
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout)
+        await self._site.start()
+        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1/audio/speech", host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None, "HttpApi.port: not started"
+        return int(self._runner.addresses[0][1])
+
+    @property
+    def busy(self) -> bool:
+        """True while a speech request is being answered."""
+        return bool(self._tasks)
+
+    def drain(self) -> None:
+        """New speech requests get 503 + Retry-After; those in flight go on."""
+        self._draining = True
+
+    async def close(self) -> None:
+        """Cancel the speech requests in flight (their engine streams with them) and stop listening."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._ctx.config.close_timeout)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- every request -------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        """Keys for /v1/* (and /metrics unless public); every refusal in OpenAI's error shape; counted."""
+        route = request.match_info.route.name or "unmatched"
+        try:
+            if (request.path.startswith("/v1/") or (route == "metrics" and not self._ctx.config.public_metrics)) \
+                    and not self._keys.allows(_Credentials(request)):  # type: ignore[arg-type]
+                self._ctx.metrics.refuse("auth")
+                self._auth_warning(time.monotonic(), "refused %s %s from %s: missing or unknown API key",
+                                   request.method, request.path[:100], request.remote)
+                raise unauthorised()
+            response = await handler(request)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:  # routing (404, 405) and body size (413)
+            if exc.status < 400:
+                raise
+            response = self._http_error(request, exc).response()
+        except ConnectionResetError:  # the client went away mid-answer; nothing left to tell it
+            response = web.Response(status=499)
+        except Exception:
+            log.exception("http: %s %s failed", request.method, request.path[:100])
+            response = ApiError(500, "server error", type="server_error", code="internal").response()
+        self._ctx.metrics.http_response(route, response.status)
+        return response
+
+    def _http_error(self, request: web.Request, exc: web.HTTPException) -> ApiError:
+        if exc.status == 404:
+            return ApiError(404, f"not found: {request.path[:100]} (this server answers POST /v1/audio/speech, "
+                            "GET /v1/models, /v1/audio/voices, /v1/audio/models, /healthz and /metrics)",
+                            code="not_found")
+        if exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            return ApiError(405, f"method: {request.method} is not allowed on {request.path[:100]} "
+                            f"(allowed: {allowed})", code="method_not_allowed")
+        if exc.status == 413:
+            return ApiError(413, f"body: larger than {request.app._client_max_size} bytes "  # noqa: SLF001
+                            f"(input is limited to {self._ctx.config.limits.max_request_chars} characters)",
+                            param="input", code="request_too_large")
+        return ApiError(exc.status, exc.reason or "bad request")
+
+    def _address(self, request: web.Request) -> str:
+        return client_address(request.remote or "", list(request.headers.getall("X-Forwarded-For", [])),
+                              self._ctx.config.trusted_proxies)
+
+    def _check_rate(self, address: str) -> None:
+        cfg, now = self._ctx.config, time.monotonic()
+        bucket = self._rates.get(address)
+        if bucket is None:
+            if len(self._rates) >= MAX_TRACKED_ADDRESSES:  # drop addresses whose bucket has refilled anyway
+                full_after = cfg.http_request_burst / cfg.http_requests_per_s
+                for gone in [a for a, t in self._rate_seen.items() if now - t > full_after]:
+                    self._rates.pop(gone, None)
+                    self._rate_seen.pop(gone, None)
+            bucket = self._rates[address] = RateLimiter(cfg.http_requests_per_s, cfg.http_request_burst, 1 << 30)
+        self._rate_seen[address] = now
+        if bucket.take(now) != "ok":
+            raise rate_limited(f"more than {cfg.http_requests_per_s:g} speech requests per second from your "
+                               f"address (burst {cfg.http_request_burst}); retry later",
+                               1.0 / cfg.http_requests_per_s)
+
+    # --- POST /v1/audio/speech ---------------------------------------------------------
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        ctx, cfg = self._ctx, self._ctx.config
+        if self._draining or not ctx.engine.healthy:
+            raise unavailable("the server is stopping and takes no new requests; retry later", RETRY_AFTER_S,
+                              code="shutting_down")
+        address = self._address(request)
+        self._check_rate(address)
+        limit = request.app._client_max_size  # noqa: SLF001 - the size aiohttp enforces while reading
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, f"body: {request.content_length} bytes exceeds {limit} (input is limited to "
+                           f"{cfg.limits.max_request_chars} characters)", param="input", code="request_too_large")
+        call = parse_speech(await request.read(), cfg.limits)
+        key = self._keys.which(_Credentials(request)) if self._keys else None  # type: ignore[arg-type]
+        self._check_capacity(address, key)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._per_address[address] += 1
+        ctx.metrics.http_in_flight += 1
+        if key is not None:
+            ctx.key_streams[key] += 1
+        try:
+            return await self._answer(request, call, address)
+        finally:
+            self._tasks.discard(task)
+            self._per_address[address] -= 1
+            if not self._per_address[address]:
+                del self._per_address[address]
+            ctx.metrics.http_in_flight -= 1
+            if key is not None:
+                ctx.key_streams[key] -= 1
+
+    def _check_capacity(self, address: str, key: int | None) -> None:
+        cfg = self._ctx.config
+        if len(self._tasks) >= cfg.http_max_requests:
+            raise unavailable(f"the HTTP API is answering its maximum of {cfg.http_max_requests} requests "
+                              "(--http-max-requests); retry later", RETRY_AFTER_S)
+        per_ip = cfg.max_connections_per_ip
+        if per_ip is not None and self._per_address[address] >= per_ip:
+            raise rate_limited(f"your address has {per_ip} requests in flight (--max-connections-per-ip); retry "
+                               "when one ends", RETRY_AFTER_S)
+        per_key = cfg.max_streams_per_key
+        if per_key is not None and key is not None and self._ctx.key_streams[key] >= per_key:
+            raise rate_limited(f"this API key has {per_key} requests in flight (--max-streams-per-key), "
+                               "WebSocket and HTTP together; retry when one ends", RETRY_AFTER_S)
+
+    async def _answer(self, request: web.Request, call: SpeechCall, address: str) -> web.StreamResponse:
+        ctx = self._ctx
+        try:
+            voice = await ctx.resolve_voice(call.voice, "http")
+        except ProtocolError as exc:
+            examples = ", ".join([*ctx.aliases, *ctx.voices.names][:14])
+            message = exc.message.replace("`ready.voices` lists them", "GET /v1/audio/voices lists them")
+            raise bad_field("voice", f"{message}; e.g. {examples}" if examples else message) from None
+        request_id = f"http{next(self._ids)}"
+        speech = SpeechRequest(text=call.input, voice=voice, sampling=call.sampling, policy=call.policy,
+                               request_id=request_id, owner=f"http {address}")
+        handle = await self._submit(speech)
+        ctx.metrics.request_started()
+        log.info("http: %s from %s: %d characters, voice %s, %s%s, speed %g", request_id, address,
+                 len(call.input), call.voice or ctx.config.default_voice, call.response_format,
+                 " (sse)" if call.stream_format == "sse" else "", call.speed)
+        stream = SpeechStream(request, call, handle, ctx.metrics, ctx.config.slow_consumer_timeout)
+        try:
+            return await stream.run()
+        finally:
+            done = stream.done
+            stats = done.stats if done is not None else None
+            ctx.metrics.record_done(stream.reason, stats.ttfa_s if stats else None, stats.rtf if stats else None,
+                                    queued_s=stats.queued_s if stats else None,
+                                    stage_s=stats.stage_s if stats else None, ahead_s=stream.least_lead_s)
+            log.info("http: %s: %s", request_id, stream.reason)
+
+    async def _submit(self, speech: SpeechRequest) -> StreamHandle:
+        """engine.submit in a worker thread (it segments and tokenises the text); a handler cancelled
+        meanwhile (the client left) still cancels the stream the thread creates."""
+        cfg = self._ctx.config
+        submit = asyncio.ensure_future(asyncio.to_thread(self._ctx.engine.submit, speech,
+                                                         loop=asyncio.get_running_loop()))
+        try:
+            return await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            submit.add_done_callback(lambda f: f.result().cancel() if not f.cancelled() and f.exception() is None
+                                     else None)
+            raise
+        except EngineOverloaded as exc:
+            raise unavailable(f"the server is full ({cfg.max_streams} streams and {cfg.max_queue} queued); retry "
+                              f"after {exc.retry_after_ms} ms", exc.retry_after_ms / 1000) from None
+        except TextError as exc:
+            raise bad_field("input", f"input: {exc}") from None
+
+    # --- listings and probes -----------------------------------------------------------
+
+    def _model_names(self) -> list[str]:
+        return list(dict.fromkeys((self._ctx.engine.model_name, *MODEL_ALIASES)))
+
+    @staticmethod
+    def _model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "bark-stream"}
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model_object(n) for n in self._model_names()]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name not in self._model_names():
+            raise ApiError(404, f"model: {name[:60]!r} is not one of {', '.join(self._model_names())} (any name is "
+                           "accepted by POST /v1/audio/speech)", param="model", code="model_not_found")
+        return web.json_response(self._model_object(name))
+
+    async def _voices(self, request: web.Request) -> web.Response:
+        voices = [{"id": n, "name": n} for n in self._ctx.voices.names]
+        voices += [{"id": a, "name": a, "preset": p} for a, p in self._ctx.aliases.items()]
+        return web.json_response({"voices": voices})
+
+    async def _audio_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"id": n} for n in self._model_names()]})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        status, body = self._health()
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if status != 200 else None
+        return web.json_response(body, status=status, headers=headers)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(text=self._render_metrics())
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
