@@ -2,7 +2,12 @@
 
     python -m client "Hello there."                       # play
     python -m client "Hello." --no-play --output out.wav   # write only
+    python -m client "Hello." --encoding pcm_mulaw --sample-rate 8000 -o call.wav
+    python -m client "Hello." --encoding ogg_opus --sample-rate 48000 -o hello.ogg   # the Ogg file as sent
     some-llm | python -m client -                         # stdin, sent line by line as it arrives
+
+On a terminal a progress line (audio received, time to first audio, real-time
+factor) is redrawn on stderr while the audio arrives; the summary follows on stdout.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
-from protocol import ENCODINGS, ProtocolError, parse_params
+from protocol import COMPRESSED_ENCODINGS, ENCODING_SAMPLE_RATES, ENCODINGS, SAMPLE_RATES, ProtocolError, parse_params
 
 from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, Segment, ServerError
 from .player import PlaybackUnavailable, Player, PlayerConfig
-from .wav import WavWriter
+from .wav import AudioFile, open_audio_file
 
 log = logging.getLogger("client")
 
@@ -43,11 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"sent as `Authorization: Bearer KEY` (default: ${API_KEY_ENV}, so keys stay out of "
                         "shell history and process lists)")
-    p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le", help="PCM encoding on the wire")
+    p.add_argument("--encoding", choices=ENCODINGS, default="pcm_s16le",
+                   help="audio encoding on the wire (default pcm_s16le); ogg_opus and mp3 are written to --output "
+                        "as the server sends them and are not played")
+    p.add_argument("--sample-rate", type=int, choices=SAMPLE_RATES, default=None, metavar="HZ",
+                   help=f"sample rate of the audio, one of {', '.join(map(str, SAMPLE_RATES))} (default: the "
+                        "server's, 24000; ogg_opus takes 8000, 16000, 24000 or 48000)")
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="connect timeout in seconds")
     out = p.add_argument_group("output")
-    out.add_argument("--output", "-o", metavar="FILE.wav", help="also write the audio to a 16-bit WAV file")
+    out.add_argument("--output", "-o", metavar="FILE",
+                     help="also write the audio: a 16-bit WAV for PCM encodings, the Ogg/MP3 file itself for "
+                          "ogg_opus/mp3; written even when playback is impossible")
     out.add_argument("--no-play", action="store_true", help="do not play (needs --output)")
+    out.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="redraw a progress line on stderr (default: when stderr is a terminal)")
     out.add_argument("--prebuffer-ms", type=float, default=150.0, metavar="MS",
                      help="audio buffered before playback starts or resumes (default 150)")
     out.add_argument("--device", help="PortAudio output device index or name (default: the system default)")
@@ -73,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.no_play and not args.output:
         parser.error("--no-play needs --output FILE.wav (otherwise the audio goes nowhere)")
+    if args.sample_rate is not None and args.sample_rate not in ENCODING_SAMPLE_RATES[args.encoding]:
+        parser.error(f"--sample-rate: {args.encoding} takes {', '.join(map(str, ENCODING_SAMPLE_RATES[args.encoding]))}"
+                     f", not {args.sample_rate}")
+    if args.encoding in COMPRESSED_ENCODINGS and not args.output and not args.list_voices:
+        parser.error(f"--encoding {args.encoding}: this client plays PCM encodings only; add --output FILE to "
+                     "write the file (or play pcm_s16le)")
     if not 0 <= args.prebuffer_ms <= 60_000:
         parser.error(f"--prebuffer-ms: {args.prebuffer_ms:g} is outside [0, 60000]")
     if args.list_voices:
@@ -110,8 +130,53 @@ class RunReport:
     sent_at: float  # the request was sent
     first_audio_at: float | None = None  # the first audio frame arrived
     done_at: float | None = None  # `done` arrived
-    samples: int = 0  # samples received
+    samples: int = 0  # samples received (compressed encodings: samples the server had encoded so far)
+    bytes: int = 0  # audio bytes received
     done: Done | None = None
+
+    def seen(self, chunk: AudioChunk, now: float) -> None:
+        if self.first_audio_at is None:
+            self.first_audio_at = now
+        self.bytes += len(chunk.data)
+        self.samples = chunk.sample + chunk.samples.size if chunk.samples.size else max(self.samples, chunk.sample)
+
+
+class Progress:
+    """One status line, redrawn in place on a terminal: audio received, time to first audio, real-time factor."""
+
+    INTERVAL_S = 0.1  # redraws at most this often
+
+    def __init__(self, stream: TextIO, sample_rate: int, enabled: bool | None = None) -> None:
+        self.stream, self.sample_rate = stream, sample_rate
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self._drawn_at = float("-inf")
+        self._width = 0
+
+    def line(self, report: RunReport, now: float) -> str:
+        audio_s = report.samples / self.sample_rate
+        parts = [f"audio {audio_s:6.2f} s"]
+        if report.first_audio_at is not None:
+            parts.append(f"TTFA {1000 * (report.first_audio_at - report.sent_at):.0f} ms")
+            if audio_s > 0:
+                parts.append(f"RTF {(now - report.sent_at) / audio_s:.2f}")
+        else:
+            parts.append(f"waiting {now - report.sent_at:.1f} s")
+        return " | ".join(parts)
+
+    def update(self, report: RunReport, now: float, *, force: bool = False) -> None:
+        if not self.enabled or (not force and now - self._drawn_at < self.INTERVAL_S):
+            return
+        text = self.line(report, now)
+        self.stream.write("\r" + text.ljust(self._width))
+        self.stream.flush()
+        self._drawn_at, self._width = now, len(text)
+
+    def clear(self) -> None:
+        """Erase the line, so the summary starts on a clean one."""
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
 
 
 async def stdin_lines() -> AsyncIterator[str]:
@@ -133,9 +198,10 @@ async def stdin_lines() -> AsyncIterator[str]:
 
 
 async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Player | None,
-                wav: WavWriter | None) -> RunReport:
-    """Send the request and route its audio to the player and the WAV file as it arrives."""
-    options: dict[str, Any] = {"voice": args.voice, "encoding": args.encoding, "params": args.params}
+                out: AudioFile | None, progress: Progress | None = None) -> RunReport:
+    """Send the request and route its audio to the player and the output file as it arrives."""
+    options: dict[str, Any] = {"voice": args.voice, "encoding": args.encoding, "params": args.params,
+                               "sample_rate": args.sample_rate}
     report = RunReport(sent_at=time.monotonic())
     events: AsyncIterator[Event]
     if args.text == "-":
@@ -144,25 +210,29 @@ async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Play
         events = client.speak(args.text, **options)
     async for event in events:
         if isinstance(event, AudioChunk):
-            if report.first_audio_at is None:
-                report.first_audio_at = time.monotonic()
-            report.samples += event.samples.size
+            report.seen(event, time.monotonic())
             if player is not None:
                 player.write(event.samples)
-            if wav is not None:
-                wav.write(event.samples)
+            if out is not None:
+                out.write(event)
+            if progress is not None:
+                progress.update(report, time.monotonic())
         elif isinstance(event, Done):
             report.done, report.done_at = event, time.monotonic()
+            report.samples = event.samples
+            if progress is not None:
+                progress.update(report, report.done_at, force=True)
         elif isinstance(event, Segment):
             log.info("segment [%d, %d): %s", event.start_sample, event.end_sample, event.text)
     return report
 
 
-def format_report(report: RunReport, sample_rate: int, player: Player | None) -> list[str]:
+def format_report(report: RunReport, sample_rate: int, player: Player | None, encoding: str = "pcm_s16le") -> list[str]:
     """Human-readable lines: audio length, time to first audio, real-time factor, underruns."""
     server = report.done.stats if report.done else {}
     audio_s = report.samples / sample_rate
-    lines = [f"audio: {audio_s:.2f} s ({report.samples} samples at {sample_rate} Hz)"]
+    lines = [f"audio: {audio_s:.2f} s ({report.samples} samples at {sample_rate} Hz"
+             + (f", {report.bytes} bytes of {encoding})" if encoding in COMPRESSED_ENCODINGS else ")")]
     if report.first_audio_at is not None:
         ttfa = f"time to first audio: {1000 * (report.first_audio_at - report.sent_at):.0f} ms"
         if _is_number(server.get("ttfa_ms")):
@@ -193,17 +263,18 @@ async def run(args: argparse.Namespace) -> int:
     client = await BarkStreamClient.connect(
         args.url, open_timeout=args.open_timeout, additional_headers=auth_headers(args.api_key)
     )
-    rate = client.info.sample_rate
     if args.list_voices:
         async with client:
             voices = client.info.voices
         print("\n".join(voices) if voices else "(the server offers no voice presets)")
         return 0
+    rate = args.sample_rate or client.info.sample_rate
     player: Player | None = None
-    wav: WavWriter | None = None
+    out: AudioFile | None = None
+    progress = Progress(sys.stderr, rate, args.progress)
     try:
         async with client:
-            if not args.no_play:  # opened before the request, so opening costs no latency
+            if not args.no_play and args.encoding not in COMPRESSED_ENCODINGS:  # opened first: no latency later
                 try:
                     player = Player(PlayerConfig(sample_rate=rate, prebuffer_ms=args.prebuffer_ms,
                                                  device=args.device))
@@ -215,19 +286,23 @@ async def run(args: argparse.Namespace) -> int:
                     if not args.output:
                         raise
                     print(f"warning: cannot play ({e}); writing {args.output} only", file=sys.stderr)
+            elif not args.no_play:
+                print(f"note: {args.encoding} is not played by this client; writing {args.output}", file=sys.stderr)
             if args.output:
-                wav = WavWriter(args.output, rate)
-            report = await speak(client, args, player, wav)
+                out = open_audio_file(args.output, args.encoding, rate)
+            report = await speak(client, args, player, out, progress)
+        progress.clear()
         if player is not None:
             player.finish()
             left_s = (report.samples - player.stats.played_samples) / rate
             await asyncio.to_thread(player.wait, left_s + 10.0)
     finally:
+        progress.clear()
         if player is not None:
             player.close()
-        if wav is not None:
-            wav.close()
-    for line in format_report(report, rate, player):
+        if out is not None:
+            out.close()
+    for line in format_report(report, rate, player, args.encoding):
         print(line)
     if args.output:
         print(f"wrote {args.output}")

@@ -26,6 +26,9 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from protocol import (
+    COMPRESSED_ENCODINGS,
+    DEFAULT_SAMPLE_RATE,
+    ENCODING_SAMPLE_RATES,
     ENCODINGS,
     MAX_SERVER_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -69,22 +72,30 @@ class ServerInfo:
     """What the server announced in `ready`."""
 
     protocol: int
-    sample_rate: int  # Hz
+    sample_rate: int  # Hz: the model's own rate, and the default of every request
     channels: int
     encodings: tuple[str, ...]
     model: str
     voices: tuple[str, ...]
     limits: dict[str, int]
+    encoding_sample_rates: dict[str, tuple[int, ...]] = field(default_factory=dict)  # rates per encoding
+    voice_aliases: dict[str, str] = field(default_factory=dict)  # e.g. alloy -> v2/en_speaker_0
+
+    def rates(self, encoding: str) -> tuple[int, ...]:
+        """The sample rates `encoding` may be asked for (a server that does not say: its own rate only)."""
+        return self.encoding_sample_rates.get(encoding, (self.sample_rate,))
 
 
 @dataclass(frozen=True)
 class AudioChunk:
-    """PCM for samples [sample, sample + len(samples)) of request `id`."""
+    """Audio for request `id`: PCM samples [sample, sample + len(samples)), or, for a compressed
+    encoding (ogg_opus, mp3), the next bytes of one file (`samples` is then empty)."""
 
     id: str
     seq: int  # 0, 1, 2, ... per request
-    sample: int  # offset of samples[0] in the request's audio
-    samples: np.ndarray = field(repr=False)  # float32 [n] in [-1, 1]
+    sample: int  # offset of samples[0] in the request's audio (compressed: samples encoded before it)
+    samples: np.ndarray = field(repr=False)  # float32 [n] in [-1, 1], at the request's sample rate
+    data: bytes = field(default=b"", repr=False)  # the bytes as received (PCM or the compressed file's next part)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class _Request:
 
     id: str
     encoding: str
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)  # raw messages, _Closed or exceptions
     next_seq: int = 0  # seq the next audio message must carry
     next_sample: int = 0  # offset the next audio message must start at
@@ -141,8 +153,11 @@ def _parse_ready(msg: Mapping[str, Any], url: str) -> ServerInfo:
         raise ConnectionFailed(f"{url}: expected `ready` as the first message, got `{msg['type']}`")
     if msg["protocol"] != PROTOCOL_VERSION:
         raise ConnectionFailed(f"{url} speaks protocol {msg['protocol']}; this client speaks {PROTOCOL_VERSION}")
+    rates = msg.get("encoding_sample_rates") or {}
     return ServerInfo(msg["protocol"], msg["sample_rate"], msg["channels"], tuple(msg["encodings"]),
-                      msg["model"], tuple(msg["voices"]), dict(msg["limits"]))
+                      msg["model"], tuple(msg["voices"]), dict(msg["limits"]),
+                      {str(k): tuple(v) for k, v in rates.items() if isinstance(v, list)},
+                      {str(k): str(v) for k, v in (msg.get("voice_aliases") or {}).items()})
 
 
 async def _open_socket(url: str, open_timeout: float, headers: Mapping[str, str] | None) -> ClientConnection:
@@ -229,15 +244,17 @@ class BarkStreamClient:
         voice: str | None = None,
         encoding: str = "pcm_s16le",
         params: Mapping[str, Any] | None = None,
+        sample_rate: int | None = None,
     ) -> AsyncIterator[Event]:
         """Synthesise `text`; yield AudioChunk/Segment events, then one Done; ServerError on `error`.
 
         The request is sent when iteration starts; leaving the loop early cancels it.
         `params` uses the wire keys (text_temp, waveform_temp, top_k, top_p, seed, ...).
+        `sample_rate` (None: the server's own, 24 kHz) must be one of `info.rates(encoding)`.
         """
         if not isinstance(text, str) or not text.strip():
             raise ValueError("text: expected a non-empty string")
-        req = self._open_request(id, encoding)
+        req = self._open_request(id, encoding, sample_rate)
         try:
             await self._send(self._request_message("speak", req, voice, params, text=text))
             async for event in self._events(req):
@@ -254,6 +271,7 @@ class BarkStreamClient:
         encoding: str = "pcm_s16le",
         params: Mapping[str, Any] | None = None,
         flush_lines: bool = True,
+        sample_rate: int | None = None,
     ) -> AsyncIterator[Event]:
         """Synthesise text that arrives in pieces (start, text..., end), yielding events as for `speak`.
 
@@ -262,7 +280,7 @@ class BarkStreamClient:
         With `flush_lines`, a piece ending in a newline is followed by `flush`, so the
         server speaks each line without waiting for more text.
         """
-        req = self._open_request(id, encoding)
+        req = self._open_request(id, encoding, sample_rate)
         feeder: asyncio.Task[None] | None = None
         try:
             await self._send(self._request_message("start", req, voice, params))
@@ -304,19 +322,22 @@ class BarkStreamClient:
 
     # --- requests ----------------------------------------------------------------
 
-    def _open_request(self, req_id: str | None, encoding: str) -> _Request:
-        """Check the caller's id and encoding and register the request's queue."""
+    def _open_request(self, req_id: str | None, encoding: str, sample_rate: int | None = None) -> _Request:
+        """Check the caller's id, encoding and sample rate and register the request's queue."""
         if self._closed_reason is not None or self._closing:
             raise ConnectionLost(f"{self.url}: {self._closed_reason or 'closed by the client'}")
         if encoding not in ENCODINGS or encoding not in self.info.encodings:
             raise ValueError(f"encoding: {encoding!r} is not one of {', '.join(self.info.encodings)}")
+        rates = self.info.rates(encoding)
+        if sample_rate is not None and sample_rate not in rates:
+            raise ValueError(f"sample_rate: {encoding} takes {', '.join(map(str, rates))}, not {sample_rate!r}")
         if req_id is None:
             req_id = next(f"r{n}" for n in self._ids if f"r{n}" not in self._requests)
         elif not is_valid_id(req_id):
             raise ValueError(f"id: {req_id!r:.80} must be 1-64 characters from letters, digits and - _ . :")
         if req_id in self._requests:
             raise ValueError(f"id: {req_id!r} is already in flight on this connection")
-        req = _Request(req_id, encoding)
+        req = _Request(req_id, encoding, sample_rate or self.info.sample_rate)
         self._requests[req_id] = req
         return req
 
@@ -324,6 +345,8 @@ class BarkStreamClient:
     def _request_message(kind: str, req: _Request, voice: str | None, params: Mapping[str, Any] | None,
                          **extra: Any) -> dict[str, Any]:
         msg: dict[str, Any] = {"type": kind, "id": req.id, **extra, "encoding": req.encoding}
+        if req.sample_rate != DEFAULT_SAMPLE_RATE:  # sent only when asked for: older servers lack the field
+            msg["sample_rate"] = req.sample_rate
         if voice is not None:
             msg["voice"] = voice
         if params:
@@ -436,16 +459,22 @@ def _to_event(req: _Request, msg: dict[str, Any]) -> Event:
     if kind == "done":
         return Done(req.id, msg["reason"], msg["samples"], dict(msg["stats"]))
     assert kind == "audio", kind
-    if (msg["seq"], msg["sample"]) != (req.next_seq, req.next_sample):
+    compressed = req.encoding in COMPRESSED_ENCODINGS  # offsets only never go back: bytes are not samples
+    if msg["seq"] != req.next_seq or (msg["sample"] < req.next_sample if compressed
+                                      else msg["sample"] != req.next_sample):
         raise ClientError(f"request {req.id}: audio seq {msg['seq']} at sample {msg['sample']} arrived; "
                           f"expected seq {req.next_seq} at sample {req.next_sample}")
-    try:
-        samples = pcm_decode(msg["pcm"], req.encoding)
-    except ProtocolError as e:
-        raise ClientError(f"request {req.id}: {e}") from e
+    if compressed:
+        samples = np.zeros(0, np.float32)
+        req.next_sample = msg["sample"]
+    else:
+        try:
+            samples = pcm_decode(msg["pcm"], req.encoding)
+        except ProtocolError as e:
+            raise ClientError(f"request {req.id}: {e}") from e
+        req.next_sample += samples.size
     req.next_seq += 1
-    req.next_sample += samples.size
-    return AudioChunk(req.id, msg["seq"], msg["sample"], samples)
+    return AudioChunk(req.id, msg["seq"], msg["sample"], samples, msg["pcm"])
 
 
 async def collect(events: AsyncIterable[Event]) -> tuple[np.ndarray, Done]:
@@ -460,3 +489,18 @@ async def collect(events: AsyncIterable[Event]) -> tuple[np.ndarray, Done]:
     if done is None:
         raise ClientError("the events ended without a `done`")
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), done
+
+
+async def collect_bytes(events: AsyncIterable[Event]) -> tuple[bytes, Done]:
+    """Drain a request's events into (the bytes as received, its Done): for a compressed encoding
+    (ogg_opus, mp3) that is the whole file."""
+    parts: list[bytes] = []
+    done: Done | None = None
+    async for event in events:
+        if isinstance(event, AudioChunk):
+            parts.append(event.data)
+        elif isinstance(event, Done):
+            done = event
+    if done is None:
+        raise ClientError("the events ended without a `done`")
+    return b"".join(parts), done

@@ -1,10 +1,12 @@
-"""Write float32 mono audio to 16-bit PCM WAV files (stdlib `wave`), whole or as it streams."""
+"""Write received audio to a file as it streams: 16-bit PCM WAV (stdlib `wave`) for PCM encodings, the
+server's own bytes for compressed ones (an Ogg Opus or MP3 file needs no re-encoding)."""
 
 from __future__ import annotations
 
 import wave
 from os import PathLike
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
@@ -68,3 +70,47 @@ def read_wav(path: str | PathLike[str]) -> tuple[np.ndarray, int]:
             )
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
         return pcm.astype(np.float32) / INT16_SCALE, w.getframerate()
+
+
+class _Chunk(Protocol):
+    samples: np.ndarray  # decoded PCM (empty for compressed encodings)
+    data: bytes  # the bytes as received
+
+
+class AudioFile(Protocol):
+    """Where the CLI writes a request's audio chunk by chunk."""
+
+    def write(self, chunk: _Chunk) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _WavFile:
+    def __init__(self, path: str | PathLike[str], sample_rate: int) -> None:
+        self._wav = WavWriter(path, sample_rate)
+
+    def write(self, chunk: _Chunk) -> None:
+        self._wav.write(chunk.samples)
+
+    def close(self) -> None:
+        self._wav.close()
+
+
+class _RawFile:
+    def __init__(self, path: str | PathLike[str]) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+
+    def write(self, chunk: _Chunk) -> None:
+        self._file.write(chunk.data)
+        self._file.flush()  # a file that grows as the audio arrives can be played while it is written
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def open_audio_file(path: str | PathLike[str], encoding: str, sample_rate: int) -> AudioFile:
+    """A 16-bit WAV at `sample_rate` for PCM encodings (μ-law and A-law decoded), the bytes as sent for
+    ogg_opus and mp3."""
+    from protocol import COMPRESSED_ENCODINGS
+
+    return _RawFile(path) if encoding in COMPRESSED_ENCODINGS else _WavFile(path, sample_rate)
