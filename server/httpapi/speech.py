@@ -191,6 +191,15 @@ class SpeechStream:
                         self._handle.request.request_id, self._timeout)
             self._abort()
             return self._response or web.Response(status=500)
+        except (ApiError, ConnectionResetError):
+            raise
+        except Exception:  # noqa: BLE001 - an encoder bug ends this request, never the server
+            if self._response is None:
+                raise  # nothing sent yet: the middleware answers 500 in OpenAI's shape
+            log.exception("http: request %s: failed mid-stream", self._handle.request.request_id)
+            self.reason = "error"
+            self._abort()
+            return self._response
         finally:
             self._handle.cancel()  # no-op once it ended; stops the engine on disconnects and failures
             self._pipeline.close()
