@@ -326,3 +326,42 @@ def test_http_port_is_off_unless_given(engine: Engine) -> None:
         assert srv.server.http_port is None
     finally:
         srv.stop()
+
+
+def test_a_reader_that_stops_reading_is_cut_off(engine: Engine) -> None:
+    """A client that sends a request and never reads (a 2 KiB receive buffer) stalls the writes once the
+    socket buffers fill: the engine stream pauses, and after slow_consumer_timeout the request is cancelled
+    and counted as slow_consumer. speed 0.25 makes four times the bytes per generated second, so the buffers
+    fill sooner."""
+    import socket
+
+    srv = start_server(engine, http_port=0, slow_consumer_timeout=1.0)
+    text = " ".join(f"Sentence number {n} is here." for n in range(40))
+    body = json.dumps({"model": "tts-1", "input": text, "response_format": "pcm", "speed": 0.25,
+                       "params": LONG_PARAMS}).encode()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            sock.connect(("127.0.0.1", srv.server.http_port))
+            sock.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            srv.wait_metric("bark_http_requests_in_flight", lambda v: v == 1)
+            srv.wait_metric("bark_http_requests_in_flight", lambda v: v == 0, timeout=120)  # ended unread
+        assert srv.metric("bark_requests_finished_total", 'reason="slow_consumer"') == 1
+        srv.wait_metric("bark_active_streams", lambda v: v == 0)
+    finally:
+        srv.stop()
+
+
+def test_voice_alias_flag_overrides_and_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """--voice-alias NAME=PRESET adds or overrides an alias; a malformed one exits 2 naming the flag."""
+    from server.__main__ import build_parser, config_from_args, main
+
+    config = config_from_args(build_parser().parse_args(["--voice-alias", "alloy=v2/en_speaker_6",
+                                                         "--voice-alias", "narrator=v2/de_speaker_1",
+                                                         "--http-port", "8766"]))
+    aliases = dict(config.voice_aliases)
+    assert aliases["alloy"] == "v2/en_speaker_6" and aliases["narrator"] == "v2/de_speaker_1"
+    assert aliases["nova"] == "v2/en_speaker_6" and config.http_port == 8766
+    assert main(["--voice-alias", "alloy"]) == 2
+    assert "--voice-alias: expected NAME=PRESET" in capsys.readouterr().err
