@@ -184,7 +184,10 @@ class CausalSelfAttention(nn.Module):
         if singles is not None:
             flat, index = singles
             L = index.length
-            keys, values = cache.k[layer, index.slots, :, :L], cache.v[layer, index.slots, :, :L]
+            if index.window is not None:  # consecutive slots in order: views, no copy of the cache
+                keys, values = cache.k[layer, index.window, :, :L], cache.v[layer, index.window, :, :L]
+            else:
+                keys, values = cache.k[layer, index.slots, :, :L], cache.v[layer, index.slots, :, :L]
             kernel = cache.kernel or ("sdpa" if cache.k.device.type != "cpu" else "matmul")
             y[flat] = attend_batch(q[flat][:, :, None], keys, values, index.mask, kernel)[:, :, 0]
         for off, n, slot, start in multis:
@@ -324,7 +327,7 @@ class GPT(nn.Module):
         slot_t = upload(np.repeat(slots, lens), device)
         x = (self.transformer.wte(tok) + self.transformer.wpe(pos_t))[None]  # [1, N, C]
         ends = np.cumsum(lens)
-        singles = [i for i, n in enumerate(lens) if n == 1]
+        singles = sorted((i for i, n in enumerate(lens) if n == 1), key=slots.__getitem__)  # by slot: views
         single_index = None
         if singles:
             single_index = (upload([int(ends[i]) - 1 for i in singles], device),
