@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--max-streams", type=int, default=d.max_streams, help="streams the engine computes at once")
     cap.add_argument("--max-queue", type=int, default=d.max_queue, help="streams waiting before `overloaded`")
     cap.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections")
+    cap.add_argument("--refuse-when-full", action="store_true",
+                     help="with every engine slot in use, refuse new WebSocket upgrades with 503 and Retry-After so "
+                          "a balancer or client tries another replica (default off: a lone server queues them and "
+                          "answers `overloaded` per request; deploy/local-cluster.sh turns it on)")
     cap.add_argument("--max-streams-per-connection", type=int, default=None,
                      help="engine slots one connection may hold (default max(2, max-streams / 4))")
     cap.add_argument("--max-connections-per-ip", type=int, default=None,
@@ -118,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                      help="an Origin allowed to connect (repeat; default: any)")
     acc.add_argument("--public-metrics", action="store_true", help="serve /metrics without a key")
+    acc.add_argument("--ssl-certfile", type=Path, default=None, metavar="PEM",
+                     help="certificate (chain) in PEM: serve wss:// and, with --http-port, https:// (default: plain)")
+    acc.add_argument("--ssl-keyfile", type=Path, default=None, metavar="PEM",
+                     help="the certificate's private key in PEM (default: inside --ssl-certfile)")
     p.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
     return p
 
@@ -170,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         open_timeout=args.open_timeout, close_timeout=args.close_timeout, drain_timeout=args.drain_timeout,
         api_keys=load_keys(args.api_key_file, _env(args.api_key_env)),
         allowed_origins=tuple(args.allowed_origin), public_metrics=args.public_metrics,
+        refuse_when_full=args.refuse_when_full, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
         log_level=args.log_level, http_port=args.http_port, http_max_requests=args.http_max_requests,
         http_requests_per_s=args.http_requests_per_s, http_request_burst=args.http_request_burst,
         voice_aliases=DEFAULT_VOICE_ALIASES + _aliases(args.voice_alias),
@@ -254,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
+        config.ssl_context()  # a certificate that does not load fails before the model loads
         return _run(serve, config)
     except (ConfigError, WeightsError, VoiceError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -125,8 +125,9 @@ class BarkServer:
     async def start(self) -> None:
         """Open the listening sockets (WebSocket, and the HTTP API if configured) and watch the engine."""
         cfg = self.config
+        tls = cfg.ssl_context()  # None without --ssl-certfile
         self._server = await serve(
-            self._handle, cfg.host, cfg.port, process_request=self._process_request,
+            self._handle, cfg.host, cfg.port, process_request=self._process_request, ssl=tls,
             max_size=cfg.ws_max_size, compression="deflate" if cfg.compression else None,
             ping_interval=None,  # the session watchdog pings: keepalive and audio acknowledgement in one
             open_timeout=cfg.open_timeout, close_timeout=cfg.close_timeout, logger=secret_free_logger(),
@@ -139,7 +140,7 @@ class BarkServer:
         if cfg.http_port is not None:
             self._http = HttpApi(self._ctx, self._keys, health=self.health, render_metrics=self._render_metrics)
             try:
-                await self._http.start(cfg.host, cfg.http_port)
+                await self._http.start(cfg.host, cfg.http_port, ssl_context=tls)
             except BaseException:
                 await self._http.close()
                 self._http = None
@@ -147,7 +148,8 @@ class BarkServer:
                 await self._server.wait_closed()
                 raise
         self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
-        log.info("listening on ws://%s:%d%s (model %s, %s)", cfg.host, self.port, PATH, self.engine.model_name,
+        log.info("listening on %s://%s:%d%s (model %s, %s)", "ws" if tls is None else "wss", cfg.host, self.port,
+                 PATH, self.engine.model_name,
                  f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no authentication")
 
     async def drain(self, timeout: float) -> None:
@@ -254,6 +256,10 @@ class BarkServer:
         for gone in [c for c in self._address if c not in self._admitted]:
             self._address.pop(gone, None)
             self._key_of.pop(gone, None)
+        if cfg.refuse_when_full and self._engine_full():
+            self.metrics.refuse("full")  # a balancer (HAProxy `retry-on 503`) or the client tries another replica
+            return _refusal(connection, 503, f"every engine slot is in use (max_streams {cfg.max_streams}); try "
+                            "another replica", Retry_After=str(RETRY_AFTER_S))
         if len(self._admitted) >= cfg.max_connections:
             self.metrics.refuse("max_connections")
             log.warning("refused a connection: %d open (max_connections)", len(self._admitted))
@@ -282,13 +288,32 @@ class BarkServer:
         return _refusal(connection, 401, "missing or unknown API key (Authorization: Bearer, X-API-Key "
                         "or ?token=)", WWW_Authenticate='Bearer realm="bark-stream"')
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        """One JSON shape: {"status": ok|unavailable, "reason": null|draining|engine_failed, "model",
-        "active_streams"}; 200 only when new streams are accepted (balancers route on the status code)."""
+    def _engine_full(self) -> bool:
+        """No engine slot free for a new stream: every one held, or queued for."""
         snap = self.engine.snapshot()
-        reason = "engine_failed" if not self.engine.healthy else "draining" if self._draining else None
+        return snap.active + snap.queued >= self.config.max_streams
+
+    def _full(self) -> bool:
+        """A new stream would not be accepted now. With refuse_when_full: every engine slot is taken (upgrades
+        get 503). Without: the admission queue is full too (requests get `overloaded`). Either way also when
+        max_connections are open."""
+        cfg = self.config
+        snap = self.engine.snapshot()
+        slots = cfg.max_streams + (0 if cfg.refuse_when_full else cfg.max_queue)
+        open_now = sum(1 for c in self._admitted if c.state is not State.CLOSED)
+        return snap.active + snap.queued >= slots or open_now >= cfg.max_connections
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """One JSON shape: {"status": ok|unavailable, "reason": null|draining|full|engine_failed, "model",
+        "active_streams", "queued_streams", "max_streams", "connections", "max_connections"}; 200 only when
+        new streams are accepted (balancers route on the status code; the rest is for sizing)."""
+        snap = self.engine.snapshot()
+        reason = ("engine_failed" if not self.engine.healthy else "draining" if self._draining
+                  else "full" if self._full() else None)
         body = {"status": "ok" if reason is None else "unavailable", "reason": reason,
-                "model": self.engine.model_name, "active_streams": snap.active}
+                "model": self.engine.model_name, "active_streams": snap.active, "queued_streams": snap.queued,
+                "max_streams": self.config.max_streams, "connections": self.metrics.connections,
+                "max_connections": self.config.max_connections}
         return (200 if reason is None else 503), body
 
     def _healthz(self, connection: ServerConnection) -> Response:

@@ -62,6 +62,8 @@ class ServerConfig:
     max_queue: int = 32  # streams waiting for admission before `overloaded`
     # --- per-connection limits
     max_connections: int = 64  # open WebSocket connections; more are refused with HTTP 503
+    refuse_when_full: bool = False  # every engine slot held: refuse new upgrades with 503 + Retry-After (behind a
+    # balancer, so it tries another replica); off: a lone server queues them and answers `overloaded` per request
     limits: Limits = field(default_factory=Limits)  # advertised in `ready`
     send_queue_frames: int = 64  # outgoing frames buffered per connection before streams are paused
     oversize_factor: int = 4  # frames up to factor * max_frame_bytes get a `frame_too_large` error
@@ -93,6 +95,8 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()  # accepted keys; empty = no authentication
     allowed_origins: tuple[str, ...] = ()  # exact Origin values allowed; empty = any (a missing Origin passes)
     public_metrics: bool = False  # serve /metrics without a key even when api_keys are set
+    ssl_certfile: Path | None = None  # PEM certificate (chain): serve wss:// and https:// (with ssl_keyfile)
+    ssl_keyfile: Path | None = None  # its PEM private key (None: the key is inside ssl_certfile)
     # --- OpenAI-compatible HTTP API (server/httpapi), off unless http_port is set
     http_port: int | None = None  # TCP port of POST /v1/audio/speech (+ /healthz, /metrics); 0 = any free one
     http_max_requests: int = 32  # speech requests in flight over HTTP, all clients; more get 503 + Retry-After
@@ -141,6 +145,11 @@ class ServerConfig:
             raise ConfigError(f"limits: expected a server.protocol.Limits, got {type(self.limits).__name__}")
         if self.voices_dir is not None and not Path(self.voices_dir).is_dir():
             raise ConfigError(f"voices_dir: {self.voices_dir} is not a directory")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ConfigError("ssl_keyfile: given without ssl_certfile (--ssl-certfile)")
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).is_file():
+                raise ConfigError(f"{name}: {getattr(self, name)} is not a file")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
 
@@ -150,6 +159,21 @@ class ServerConfig:
         if self.max_streams_per_connection is not None:
             return self.max_streams_per_connection
         return max(2, self.max_streams // 4)
+
+    def ssl_context(self):  # type: ignore[no-untyped-def]
+        """A server-side ssl.SSLContext for ssl_certfile/ssl_keyfile, None without TLS; ConfigError naming the
+        flag when the files do not load (not PEM, key does not match the certificate)."""
+        if self.ssl_certfile is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.ssl_certfile), None if self.ssl_keyfile is None else str(self.ssl_keyfile))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"--ssl-certfile/--ssl-keyfile: cannot load {self.ssl_certfile}"
+                              f"{'' if self.ssl_keyfile is None else ' with ' + str(self.ssl_keyfile)}: {exc}") from None
+        return context
 
     @property
     def ws_max_size(self) -> int:

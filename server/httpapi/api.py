@@ -92,12 +92,14 @@ class HttpApi:
         app.router.add_get("/metrics", self._metrics, name="metrics")
         return app
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, ssl_context: Any = None) -> None:
         self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout)
+        self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout,
+                                 ssl_context=ssl_context)
         await self._site.start()
-        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1/audio/speech", host, self.port)
+        log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1/audio/speech", "http" if ssl_context is None
+                 else "https", host, self.port)
 
     @property
     def port(self) -> int:
