@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from protocol import COMPRESSED_ENCODINGS, ENCODING_SAMPLE_RATES, ENCODINGS, SAMPLE_RATES, ProtocolError, parse_params
 
 from .api import DEFAULT_URL, AudioChunk, BarkStreamClient, ClientError, Done, Event, Segment, ServerError
+from .failover import FailoverClient
 from .player import PlaybackUnavailable, Player, PlayerConfig
 from .wav import AudioFile, open_audio_file
 
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="the text to speak, or - to read stdin and send it line by line as it "
                    "arrives")
     p.add_argument("--list-voices", action="store_true", help="print the voices the server offers and exit")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"server WebSocket URL (default {DEFAULT_URL})")
+    p.add_argument("--url", action="append", dest="urls", metavar="URL",
+                   help=f"server WebSocket URL (default {DEFAULT_URL}); repeat it (or separate with commas) for "
+                        "replicas: the next is tried on 503, a refused connection or a restart close (1001, 1012, "
+                        "1013) while no audio has arrived")
+    p.add_argument("--ca-file", metavar="PEM", help="trust this CA for wss:// URLs (e.g. a self-signed certificate)")
     p.add_argument("--voice", help="voice preset name (see the server's `ready` voices)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"sent as `Authorization: Bearer KEY` (default: ${API_KEY_ENV}, so keys stay out of "
@@ -85,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; exits with a usage message on a mistake."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.urls = [u.strip() for value in (args.urls or [DEFAULT_URL]) for u in value.split(",") if u.strip()]
+    if not args.urls:
+        parser.error("--url: give a ws:// or wss:// URL")
+    args.url = args.urls[0]
     if args.no_play and not args.output:
         parser.error("--no-play needs --output FILE.wav (otherwise the audio goes nowhere)")
     if args.sample_rate is not None and args.sample_rate not in ENCODING_SAMPLE_RATES[args.encoding]:
@@ -197,7 +206,7 @@ async def stdin_lines() -> AsyncIterator[str]:
         yield line
 
 
-async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Player | None,
+async def speak(client: BarkStreamClient | FailoverClient, args: argparse.Namespace, player: Player | None,
                 out: AudioFile | None, progress: Progress | None = None) -> RunReport:
     """Send the request and route its audio to the player and the output file as it arrives."""
     options: dict[str, Any] = {"voice": args.voice, "encoding": args.encoding, "params": args.params,
@@ -225,6 +234,18 @@ async def speak(client: BarkStreamClient, args: argparse.Namespace, player: Play
         elif isinstance(event, Segment):
             log.info("segment [%d, %d): %s", event.start_sample, event.end_sample, event.text)
     return report
+
+
+def _ssl_context(ca_file: str | None) -> Any:
+    """An SSL context trusting `ca_file` (None: the system's trust store, websockets' default)."""
+    if ca_file is None:
+        return None
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ClientError(f"--ca-file: cannot load {ca_file}: {e}") from None
 
 
 def format_report(report: RunReport, sample_rate: int, player: Player | None, encoding: str = "pcm_s16le") -> list[str]:
@@ -260,8 +281,9 @@ def _is_number(value: object) -> bool:
 
 async def run(args: argparse.Namespace) -> int:
     """Connect, speak, play and/or write; print the report. Returns the exit status."""
-    client = await BarkStreamClient.connect(
-        args.url, open_timeout=args.open_timeout, additional_headers=auth_headers(args.api_key)
+    client = await FailoverClient.connect(
+        args.urls, open_timeout=args.open_timeout, additional_headers=auth_headers(args.api_key),
+        ssl=_ssl_context(args.ca_file)
     )
     if args.list_voices:
         async with client:

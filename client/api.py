@@ -53,7 +53,12 @@ class ConnectionFailed(ClientError):
 
 
 class ConnectionLost(ClientError):
-    """The connection closed while a request was still in flight."""
+    """The connection closed while a request was still in flight; `code` is the close code when one came
+    (1012: the server restarts, 1001: going away, 1013: try again later, 1011: it failed)."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ServerError(ClientError):
@@ -133,6 +138,7 @@ class _Closed:
     """Queue item: the connection ended before this request did."""
 
     reason: str
+    code: int | None = None  # the close code received, if any
 
 
 @dataclass
@@ -160,11 +166,13 @@ def _parse_ready(msg: Mapping[str, Any], url: str) -> ServerInfo:
                       {str(k): str(v) for k, v in (msg.get("voice_aliases") or {}).items()})
 
 
-async def _open_socket(url: str, open_timeout: float, headers: Mapping[str, str] | None) -> ClientConnection:
+async def _open_socket(url: str, open_timeout: float, headers: Mapping[str, str] | None,
+                       ssl: Any = None) -> ClientConnection:
     """Open the WebSocket, turning every way it can fail into one `ConnectionFailed` line."""
+    tls = {"ssl": ssl} if ssl is not None and url.lower().startswith("wss:") else {}  # e.g. a private CA
     try:
         return await ws_connect(url, open_timeout=open_timeout, additional_headers=headers,
-                                max_size=MAX_SERVER_FRAME_BYTES, compression=None)
+                                max_size=MAX_SERVER_FRAME_BYTES, compression=None, **tls)
     except InvalidURI as e:
         raise ConnectionFailed(f"{url!r} is not a WebSocket URL (expected ws://HOST:PORT/v1/stream)") from e
     except InvalidStatus as e:
@@ -220,9 +228,11 @@ class BarkStreamClient:
         *,
         open_timeout: float = 10.0,
         additional_headers: Mapping[str, str] | None = None,
+        ssl: Any = None,
     ) -> BarkStreamClient:
-        """Open the WebSocket and wait for `ready`; raises `ConnectionFailed` with a one-line reason."""
-        ws = await _open_socket(url, open_timeout, additional_headers)
+        """Open the WebSocket and wait for `ready`; raises `ConnectionFailed` with a one-line reason.
+        `ssl`: an `ssl.SSLContext` for wss:// URLs (e.g. one trusting a private CA); None: the system's."""
+        ws = await _open_socket(url, open_timeout, additional_headers, ssl)
         try:
             info = await _read_ready(ws, url, open_timeout)
         except BaseException:
@@ -230,6 +240,11 @@ class BarkStreamClient:
             raise
         log.debug("connected to %s: model %s, %d voices", url, info.model, len(info.voices))
         return cls(ws, info, url)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended or close() was called: no new request can start on it."""
+        return self._closed_reason is not None or self._closing
 
     @property
     def in_flight(self) -> tuple[str, ...]:
@@ -357,7 +372,8 @@ class BarkStreamClient:
         try:
             await self._ws.send(encode_client_message(msg))
         except ConnectionClosed as e:
-            raise ConnectionLost(f"{self.url}: connection lost ({_close_reason(e)})") from e
+            raise ConnectionLost(f"{self.url}: connection lost ({_close_reason(e)})",
+                                 code=e.rcvd.code if e.rcvd is not None else None) from e
 
     async def _feed(self, req: _Request, pieces: AsyncIterable[str] | Iterable[str], flush_lines: bool) -> None:
         """Send `pieces` as text messages, then end; a failure is delivered to the request's reader."""
@@ -379,7 +395,8 @@ class BarkStreamClient:
         while True:
             item = await req.queue.get()
             if isinstance(item, _Closed):
-                raise ConnectionLost(f"{self.url}: {item.reason} while request {req.id} was in flight")
+                raise ConnectionLost(f"{self.url}: {item.reason} while request {req.id} was in flight",
+                                     code=item.code)
             if isinstance(item, BaseException):
                 raise item
             if item.get("type") == "error":  # refused at open (nothing to cancel) or ended by the server
@@ -406,12 +423,15 @@ class BarkStreamClient:
     async def _receive(self) -> None:
         """Read every frame and route it to its request, until the connection ends."""
         reason = "connection closed"
+        code: int | None = None
         try:
             async for frame in self._ws:
                 self._dispatch(decode_server_message(frame))
             reason = f"closed by the server (code {self._ws.close_code})"
+            code = self._ws.close_code
         except ConnectionClosed as e:
             reason = f"connection lost ({_close_reason(e)})"
+            code = e.rcvd.code if e.rcvd is not None else None
         except ProtocolError as e:
             reason = f"the server sent an invalid frame ({e})"
             log.error("%s: %s; closing", self.url, reason)
@@ -421,7 +441,7 @@ class BarkStreamClient:
                 reason = "closed by the client"
             self._closed_reason = reason
             for req in self._requests.values():
-                req.queue.put_nowait(_Closed(reason))
+                req.queue.put_nowait(_Closed(reason, code))
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
