@@ -24,6 +24,7 @@ from streaming.errors import ConfigError, VoiceError, WeightsError
 from .app import BarkServer, create_engine
 from .auth import load_keys
 from .config import DEFAULT_VOICE_ALIASES, LOG_LEVELS, ServerConfig
+from . import integrations
 from protocol import Limits
 
 log = logging.getLogger("server")
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="certificate (chain) in PEM: serve wss:// and, with --http-port, https:// (default: plain)")
     acc.add_argument("--ssl-keyfile", type=Path, default=None, metavar="PEM",
                      help="the certificate's private key in PEM (default: inside --ssl-certfile)")
+    integrations.add_arguments(p, d)  # --wyoming-*, --no-web-page
     p.add_argument("--log-level", default=d.log_level, choices=LOG_LEVELS)
     return p
 
@@ -182,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level, http_port=args.http_port, http_max_requests=args.http_max_requests,
         http_requests_per_s=args.http_requests_per_s, http_request_burst=args.http_request_burst,
         voice_aliases=DEFAULT_VOICE_ALIASES + _aliases(args.voice_alias),
+        **integrations.config_kwargs(args),
     )
 
 
@@ -214,6 +217,8 @@ async def serve(config: ServerConfig) -> int:
             await server.start()
         except OSError as exc:
             ports = f"{config.port}" + (f" / {config.http_port} (--http-port)" if config.http_port is not None else "")
+            if config.wyoming_port is not None:
+                ports += f" / {config.wyoming_host}:{config.wyoming_port} (--wyoming-port)"
             raise ConfigError(f"cannot listen on {config.host}:{ports}: {exc.strerror or exc}") from None
         try:
             return await _until_stopped(server, signals, config.drain_timeout)

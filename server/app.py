@@ -40,6 +40,8 @@ from protocol import PATH, ProtocolError, encode_server_message, ready_message
 from .voices import VoiceCatalog, active_aliases
 from .session import Session
 from .httpapi import HttpApi
+from .web import WebPage
+from .wyoming import WyomingServer
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class BarkServer:
                                   aliases=aliases)
         self._keys = KeySet(config.api_keys)
         self._http: HttpApi | None = None
+        self._wyoming: WyomingServer | None = None  # Home Assistant's Wyoming TTS, with --wyoming-port
+        self._web = WebPage() if config.web_page else None  # the try-it page at /
         self._auth_warning = RateLimitedWarning(log)
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -121,6 +125,11 @@ class BarkServer:
     def http_port(self) -> int | None:
         """The HTTP API's TCP port (None when --http-port was not given)."""
         return self._http.port if self._http is not None else None
+
+    @property
+    def wyoming_port(self) -> int | None:
+        """The Wyoming server's TCP port (None when --wyoming-port was not given)."""
+        return self._wyoming.port if self._wyoming is not None else None
 
     async def start(self) -> None:
         """Open the listening sockets (WebSocket, and the HTTP API if configured) and watch the engine."""
@@ -147,6 +156,14 @@ class BarkServer:
                 self._server.close()
                 await self._server.wait_closed()
                 raise
+        if cfg.wyoming_port is not None:
+            self._wyoming = WyomingServer(self._ctx)
+            try:
+                await self._wyoming.start()
+            except BaseException:
+                self._wyoming = None
+                await self.close()
+                raise
         self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
         log.info("listening on %s://%s:%d%s (model %s, %s)", "ws" if tls is None else "wss", cfg.host, self.port,
                  PATH, self.engine.model_name,
@@ -162,6 +179,8 @@ class BarkServer:
             session.drain()
         if self._http is not None:
             self._http.drain()
+        if self._wyoming is not None:
+            self._wyoming.drain()
         busy = sum(s.busy for s in self._sessions)
         log.info("draining: %d connection(s), %d with requests in flight, %d HTTP request(s), deadline %.1f s",
                  len(self._sessions), busy, self.metrics.http_in_flight, timeout)
@@ -176,7 +195,8 @@ class BarkServer:
                                                  close_code=1012))
 
     def _busy(self) -> bool:
-        return any(s.busy for s in self._sessions) or (self._http is not None and self._http.busy)
+        return (any(s.busy for s in self._sessions) or (self._http is not None and self._http.busy)
+                or (self._wyoming is not None and self._wyoming.busy))
 
     async def close(self) -> None:
         """Send `shutting_down` to every connection, close them (1001) and stop listening; safe to call twice."""
@@ -185,6 +205,9 @@ class BarkServer:
         if self._http is not None:  # HTTP answers in flight are cut (their engine streams cancelled)
             await self._http.close()
             self._http = None
+        if self._wyoming is not None:  # Wyoming requests in flight are cut too
+            await self._wyoming.close()
+            self._wyoming = None
         await self._close_sessions(None)
         if self._watcher is not None:
             self._watcher.cancel()
@@ -239,6 +262,9 @@ class BarkServer:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = METRICS_CONTENT_TYPE
             return response
+        page = self._web.respond(connection, path) if self._web is not None else None
+        if page is not None:
+            return page
         return connection.respond(404, f"not found: {path[:100]} (try {PATH}, /healthz or /metrics)\n")
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:

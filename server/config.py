@@ -103,6 +103,14 @@ class ServerConfig:
     http_requests_per_s: float = 5.0  # speech requests per second per client address (token bucket refill)
     http_request_burst: int = 10  # speech requests a client address may send at once
     voice_aliases: tuple[tuple[str, str], ...] = DEFAULT_VOICE_ALIASES  # (alias, preset): OpenAI's voice names
+    # --- Wyoming text to speech for Home Assistant (server/wyoming), off unless wyoming_port is set
+    wyoming_port: int | None = None  # TCP port (Home Assistant's convention: 10200); 0 = any free one
+    wyoming_host: str = "127.0.0.1"  # Wyoming has no authentication: loopback unless you mean otherwise
+    wyoming_sample_rate: int = 24_000  # Hz of the s16 mono audio, announced in audio-start
+    wyoming_params: tuple[tuple[str, object], ...] = ()  # the WebSocket's `params` for every Wyoming request
+    wyoming_zeroconf: str | None = None  # announce _wyoming._tcp.local. under this name ("" = bark-stream-HOST)
+    # --- the browser page (server/web) at / on the WebSocket port
+    web_page: bool = True
     # --- logging
     log_level: str = "info"
 
@@ -139,6 +147,7 @@ class ServerConfig:
         _positive("http_request_burst", self.http_request_burst)
         _positive_number("http_requests_per_s", self.http_requests_per_s)
         _check_aliases(self.voice_aliases)
+        _check_wyoming(self)
         _check_strings("api_keys", self.api_keys)
         _check_strings("allowed_origins", self.allowed_origins)
         if not isinstance(self.limits, Limits):
@@ -203,3 +212,26 @@ def _check_networks(values: tuple[str, ...]) -> None:
         except ValueError:
             raise ConfigError(f"trusted_proxies: {value!r} is not an IP address or network (e.g. 10.0.0.5, "
                               "10.0.0.0/8, ::1)") from None
+
+
+def _check_wyoming(cfg: ServerConfig) -> None:
+    from protocol import SAMPLE_RATES, ProtocolError, parse_params
+
+    port = cfg.wyoming_port
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ConfigError(f"wyoming_port: expected an integer in 0..65535, got {port!r}")
+    if not isinstance(cfg.wyoming_host, str) or not cfg.wyoming_host:
+        raise ConfigError(f"wyoming_host: expected a host name or address, got {cfg.wyoming_host!r}")
+    if cfg.wyoming_sample_rate not in SAMPLE_RATES:
+        raise ConfigError(f"wyoming_sample_rate: {cfg.wyoming_sample_rate!r} is not one of "
+                          f"{', '.join(map(str, SAMPLE_RATES))}")
+    try:
+        parse_params(dict(cfg.wyoming_params) or None)
+    except (ProtocolError, TypeError, ValueError) as exc:
+        raise ConfigError(f"wyoming_params: {getattr(exc, 'message', exc)}") from None
+    if cfg.wyoming_zeroconf is not None:
+        from .wyoming.server import is_loopback
+
+        if is_loopback(cfg.wyoming_host):
+            raise ConfigError("wyoming_zeroconf: announcing a server bound to loopback would advertise an "
+                              "address nobody else can reach; set --wyoming-host (e.g. 0.0.0.0) too")
