@@ -149,8 +149,9 @@ class WyomingServer:
 
         host = self.ctx.config.wyoming_host
         address = host if _is_concrete(host) else _outbound_address()
-        service_name = name or f"bark-stream-{socket.gethostname().split('.')[0]}"
-        info = AsyncServiceInfo(SERVICE_TYPE, f"{service_name}.{SERVICE_TYPE}",
+        hostname = socket.gethostname().split(".")[0] or "bark-stream"
+        service_name = name or f"bark-stream-{hostname}"
+        info = AsyncServiceInfo(SERVICE_TYPE, f"{service_name}.{SERVICE_TYPE}", server=f"{hostname}.local.",
                                 addresses=[ipaddress.ip_address(address).packed], port=self.port,
                                 properties={"model": self.ctx.engine.model_name})
         zc = AsyncZeroconf()

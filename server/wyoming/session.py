@@ -152,13 +152,17 @@ class WyomingSession:
             req.handle.cancel()
 
     async def _release(self) -> None:
-        """Let the request in flight finish when the peer only stopped sending; otherwise cancel it."""
+        """Let the request in flight finish when the peer only stopped sending; otherwise cancel it (its pump
+        sees the engine's `cancelled` and records it)."""
         req = self._request
         if req is not None and req.pump is not None:
             if self._closing or self._streaming is not None:
                 req.handle.cancel()
+                self._close_transport()  # writes still queued fail at once instead of waiting on the peer
+            await asyncio.wait({req.pump}, timeout=None if not self._closing else self._ctx.config.close_timeout)
+            if not req.pump.done():
                 req.pump.cancel()
-            await asyncio.gather(req.pump, return_exceptions=True)
+                await asyncio.gather(req.pump, return_exceptions=True)
         self._close_transport()
 
     def _close_transport(self) -> None:
@@ -201,8 +205,8 @@ class WyomingSession:
     async def _refuse(self, exc: Refusal) -> None:
         log.info("wyoming %s: refused: %s: %s", self.conn_id, exc.code, exc.message)
         self._ctx.metrics.error(exc.code)
-        if self._streaming is not None:
-            self._streaming.handle.cancel()
+        if self._request is not None:  # a refused connection ends: its request in flight too
+            self._request.handle.cancel()
             self._peer_gone = True
         try:
             await self._send(Error(text=exc.message, code=exc.code).event())
@@ -319,43 +323,54 @@ class WyomingSession:
     # --- audio -------------------------------------------------------------------------------------
 
     async def _pump(self, req: RequestState) -> None:
-        """Turn one engine stream into audio events; record its metrics; refuse and close on failure."""
+        """Turn one engine stream into audio events; record its metrics (exactly once, cancelled or not);
+        refuse and close on failure."""
         done: StreamDone | None = None
         reason = "disconnected"
         assert req.pipeline is not None
         try:
-            async for event in req.handle:
-                if isinstance(event, StreamDone):
-                    done = event
-                    break
-                if req.failure is None and isinstance(event, AudioChunk) and event.samples.size:
-                    audio_s = event.samples.size / SAMPLE_RATE
-                    req.track_lead(asyncio.get_running_loop().time(), audio_s)
-                    self._ctx.metrics.audio_sent(audio_s)
-                    await self._send_audio(req, (await req.convert(event.samples)).data, req.handle)
-            if done is not None and done.reason == "end" and req.failure is None:
-                await self._send_audio(req, (await req.convert(None)).data, req.handle)
-                if not self._audio_started:
-                    await self._send(AudioStart(rate=self._rate, width=WIDTH, channels=CHANNELS, timestamp=0).event())
-                await self._send(AudioStop(timestamp=req.pipeline.samples_out * 1000 // self._rate).event())
-                if req.kind == "start":
-                    await self._send(SynthesizeStopped().event())
-            reason = self._reason(req, done)
-        except SlowReader:
-            reason = "slow_consumer"
-            log.warning("wyoming %s: request %s: the peer read nothing for %.0f s; dropped", self.conn_id, req.id,
-                        self._ctx.config.slow_consumer_timeout)
-            self._writer.transport.abort()
-        except (ConnectionError, OSError):
-            log.info("wyoming %s: request %s: the peer is gone", self.conn_id, req.id)
-            self._peer_gone = True
-        except Exception as exc:  # noqa: BLE001 - one request's bug must not take the server down
-            log.exception("wyoming %s: request %s: pump failed", self.conn_id, req.id)
-            req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
-            reason = "error"
-        finally:
-            req.handle.cancel()  # a no-op once it ended
-            req.pipeline.close()
+            try:
+                async for event in req.handle:
+                    if isinstance(event, StreamDone):
+                        done = event
+                        break
+                    if req.failure is None and isinstance(event, AudioChunk) and event.samples.size:
+                        audio_s = event.samples.size / SAMPLE_RATE
+                        req.track_lead(asyncio.get_running_loop().time(), audio_s)
+                        self._ctx.metrics.audio_sent(audio_s)
+                        await self._send_audio(req, (await req.convert(event.samples)).data, req.handle)
+                if done is not None and done.reason == "end" and req.failure is None:
+                    await self._send_audio(req, (await req.convert(None)).data, req.handle)
+                    if not self._audio_started:
+                        await self._send(AudioStart(rate=self._rate, width=WIDTH, channels=CHANNELS,
+                                                    timestamp=0).event())
+                    await self._send(AudioStop(timestamp=req.pipeline.samples_out * 1000 // self._rate).event())
+                    if req.kind == "start":
+                        await self._send(SynthesizeStopped().event())
+                reason = self._reason(req, done)
+            except SlowReader:
+                reason = "slow_consumer"
+                log.warning("wyoming %s: request %s: the peer read nothing for %.0f s; dropped", self.conn_id,
+                            req.id, self._ctx.config.slow_consumer_timeout)
+                self._writer.transport.abort()
+            except (ConnectionError, OSError):
+                log.info("wyoming %s: request %s: the peer is gone", self.conn_id, req.id)
+                self._peer_gone = True
+            except Exception as exc:  # noqa: BLE001 - one request's bug must not take the server down
+                log.exception("wyoming %s: request %s: pump failed", self.conn_id, req.id)
+                req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
+                reason = "error"
+            finally:
+                req.handle.cancel()  # a no-op once it ended
+                req.pipeline.close()
+        finally:  # also when the pump itself is cancelled (the server closes): "disconnected"
+            self._finish(req, done, reason)
+        if reason == "error" and not self._closing:
+            failure = req.failure or engine_failure(req.id, done)
+            await self._refuse(Refusal(failure.code, failure.message))
+            self._close_transport()
+
+    def _finish(self, req: RequestState, done: StreamDone | None, reason: str) -> None:
         stats = done.stats if done is not None else None
         self._ctx.metrics.record_done(reason, stats.ttfa_s if stats else None, stats.rtf if stats else None,
                                       queued_s=stats.queued_s if stats else None,
@@ -365,12 +380,9 @@ class WyomingSession:
         if self._streaming is req:
             self._streaming = None
         self._last_activity = asyncio.get_running_loop().time()
+        assert req.pipeline is not None
         log.info("wyoming %s: request %s: %s, %d samples, ttfa %s", self.conn_id, req.id, reason,
                  req.pipeline.samples_out, f"{stats.ttfa_s * 1000:.0f} ms" if stats and stats.ttfa_s else "-")
-        if reason == "error" and not self._closing:
-            failure = req.failure or engine_failure(req.id, done)
-            await self._refuse(Refusal(failure.code, failure.message))
-            self._close_transport()
 
     def _reason(self, req: RequestState, done: StreamDone | None) -> str:
         if req.failure is not None or done is None or done.reason == "error":
@@ -394,6 +406,8 @@ class WyomingSession:
         """Write one event; while the write waits on the peer the engine stream is paused, and a peer that
         takes nothing for slow_consumer_timeout seconds raises SlowReader."""
         async with self._write_lock:
+            if self._closing:  # refused or shut down: nothing more goes out
+                raise ConnectionResetError("the connection is closing")
             write = asyncio.ensure_future(async_write_event(event, self._writer))
             try:
                 finished, _ = await asyncio.wait({write}, timeout=PAUSE_AFTER_S)
