@@ -35,7 +35,7 @@ from streaming.voices import bundled_voices_dir
 from tests.server_fixtures import PARAMS, TEST_LIMITS, ServerThread, engine, run, server  # noqa: F401
 
 VOICE = "v2/en_speaker_6"
-LONG_REPLY = " ".join(f"This is sentence number {i} of a reply that goes on for a while." for i in range(12))
+LONG_REPLY = " ".join(f"This is sentence number {i} of a reply that goes on for a while." for i in range(25))
 
 
 class Sink(FrameProcessor):

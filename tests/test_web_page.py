@@ -126,7 +126,7 @@ def test_the_page_speaks_plays_every_sample_and_stops(browser: object, server: S
 
     # 2. A long text, stopped once its audio flows: the request ends as cancelled, nothing lost or left over.
     cancelled = server.metric("bark_requests_finished_total", 'reason="cancelled"')
-    page.fill("#text", " ".join(f"This is sentence number {i} of a long story." for i in range(12)))
+    page.fill("#text", " ".join(f"This is sentence number {i} of a long story." for i in range(30)))
     page.click("#speak")
     page.wait_for_function("() => window.barkPage.current && window.barkPage.current.received > 0", timeout=120_000)
     page.click("#stop")
@@ -142,6 +142,19 @@ def test_the_page_speaks_plays_every_sample_and_stops(browser: object, server: S
     page.wait_for_function("() => window.barkPage.finished.length === 3", timeout=120_000)
     third = page.evaluate("window.barkPage.finished[2]")
     assert third["reason"] == "end" and third["received"] == third["samples"] > 0, third
+
+    # 4. Speak as I type: every keystroke's addition goes out as `text`, Enter flushes, Speak ends the request.
+    page.check("#live")
+    page.click("#text")
+    page.keyboard.type("Typed live.")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.barkPage.current && window.barkPage.current.received > 0",
+                           timeout=120_000)  # the flushed sentence is spoken before the request ends
+    page.click("#speak")
+    page.wait_for_function("() => window.barkPage.finished.length === 4", timeout=120_000)
+    fourth = page.evaluate("window.barkPage.finished[3]")
+    assert fourth["kind"] == "live" and fourth["reason"] == "end", fourth
+    assert fourth["received"] == fourth["samples"] > 0 and fourth["segments"] == ["Typed live."], fourth
     assert not errors, errors
     page.close()
 

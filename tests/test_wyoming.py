@@ -353,7 +353,7 @@ def test_a_disconnect_with_text_still_open_cancels_at_once(server: ServerThread)
 
 def test_a_one_shot_request_whose_peer_left_ends_at_its_next_write(server: ServerThread) -> None:
     gone_before = server.metric("bark_requests_finished_total", 'reason="disconnected"')
-    long_text = " ".join(f"Sentence {i} is here." for i in range(10))
+    long_text = " ".join(f"Sentence {i} is here." for i in range(30))
 
     async def go() -> None:
         c = client(server)
