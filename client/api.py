@@ -434,6 +434,7 @@ class BarkStreamClient:
             code = e.rcvd.code if e.rcvd is not None else None
         except ProtocolError as e:
             reason = f"the server sent an invalid frame ({e})"
+            code = 1002  # closed by us for a protocol error: nothing a retry elsewhere would fix
             log.error("%s: %s; closing", self.url, reason)
             await self._ws.close(1002, "invalid frame")
         finally:
