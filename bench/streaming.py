@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     ap.add_argument("--voice", default="v2/en_speaker_6")
     ap.add_argument("--skip-suno", action="store_true")
+    ap.add_argument("--skip-extras", action="store_true",
+                    help="skip the fine-agreement and lookahead runs at the end")
     ap.add_argument("--skip-prefix-compare", action="store_true",
                     help="skip the second single-stream run with whole coarse prefills (the window-gap line)")
     ap.add_argument("--quantize", choices=("none", "int8"), default="none", help="int8 text and coarse GPTs")
@@ -181,6 +183,9 @@ def main() -> None:
             print(first_audio_path(LAST_STATS))
         if n == 1 and not a.skip_prefix_compare:
             print(window_gap_line(opens, wall, models, codec, request))
+    if a.skip_extras:
+        engine.stop()
+        return
     agree = fine_agreement(engine, voice, min(n_sem, 120))
     print(f"sliding fine (window {a.fine_window}, right context {a.fine_right_context}) vs offline fine, "
           f"codebooks 2-7 agreement: {agree:.1%} (random weights: expect far from 100 %)")
