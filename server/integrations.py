@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser, d: ServerConfig) -> None:
     wy.add_argument("--wyoming-port", type=int, default=None, metavar="PORT",
                     help=f"also serve Wyoming text to speech on this TCP port (default: off; Home Assistant's "
                          f"convention is {WYOMING_CONVENTIONAL_PORT})")
-    wy.add_argument("--wyoming-host", default=d.wyoming_host,
+    wy.add_argument("--wyoming-host", default=d.wyoming_host, metavar="HOST",
                     help=f"interface of the Wyoming port (default {d.wyoming_host}: Wyoming has no authentication, "
                          "so only this machine; 0.0.0.0 for Home Assistant on another host, behind a firewall)")
     wy.add_argument("--wyoming-sample-rate", type=int, default=d.wyoming_sample_rate, metavar="HZ",

@@ -9,6 +9,7 @@ Wyoming requests carry no sampling parameters, so the test server caps them with
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from server.config import ServerConfig
 from streaming.errors import ConfigError
 from tests.server_fixtures import PARAMS, RawClient, ServerThread, engine, run, start_server  # noqa: F401
 
-WYOMING_PARAMS = tuple(PARAMS.items())
+SAME = {**PARAMS, "seed": 7}  # greedy, capped, one seed: what both paths use when audio is compared
+WYOMING_PARAMS = tuple(SAME.items())
 PIECES = ("Hello", " there.", " How are", " you today?")
 VOICE = "v2/en_speaker_6"
 
@@ -125,9 +127,9 @@ async def websocket_audio(srv: ServerThread, text: str | None = None, pieces: tu
         extra["sample_rate"] = sample_rate
     try:
         if text is not None:
-            await raw.speak("r", text, **extra)
+            await raw.send({"type": "speak", "id": "r", "text": text, "params": SAME, **extra})
         else:
-            await raw.send({"type": "start", "id": "r", "params": PARAMS, **extra})
+            await raw.send({"type": "start", "id": "r", "params": SAME, **extra})
             for piece in pieces:
                 await raw.send({"type": "text", "id": "r", "text": piece})
             await raw.send({"type": "end", "id": "r"})
@@ -379,7 +381,16 @@ def test_config_checks_the_wyoming_options() -> None:
     assert ServerConfig(wyoming_port=10200, wyoming_host="0.0.0.0", wyoming_zeroconf="kitchen").wyoming_zeroconf == "kitchen"
 
 
-def test_cli_refuses_bad_wyoming_params(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture()
+def quiet_websockets_restored() -> Iterator[None]:
+    """server's main() quiets the websockets logger (as the CLI should); tests after this one must not inherit it."""
+    logger = logging.getLogger("websockets")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def test_cli_refuses_bad_wyoming_params(capsys: pytest.CaptureFixture[str], quiet_websockets_restored: None) -> None:
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "[1, 2]"]) == 2
     assert "--wyoming-params: expected a JSON object" in capsys.readouterr().err
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "{\"greedy\": 1}"]) == 2
