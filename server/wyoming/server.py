@@ -85,7 +85,7 @@ class WyomingServer:
                                                   limit=self.max_event_bytes)
         if cfg.wyoming_zeroconf is not None:
             await self._announce(cfg.wyoming_zeroconf)
-        log.info("Wyoming text to speech on tcp://%s:%d (%d Hz s16 mono, %d voices%s)", cfg.wyoming_host, self.port,
+        log.info("Wyoming text to speech on tcp://%s:%d (%d Hz s16 mono, %d voice(s)%s)", cfg.wyoming_host, self.port,
                  cfg.wyoming_sample_rate, len(self.ctx.voices.names) + 1,
                  "" if is_loopback(cfg.wyoming_host) else "; Wyoming has no authentication: firewall this port")
 
