@@ -243,14 +243,21 @@ def test_tls_on_the_server_wss_and_https(engine, tmp_path: Path) -> None:  # noq
 
 def test_tls_flags_checked_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A key without a certificate, a missing file, or a file that is not PEM: exit 2 naming the flag."""
+    import logging
+
     from server.__main__ import main
 
-    (tmp_path / "junk.pem").write_text("not a certificate\n")
-    assert main(["--ssl-keyfile", str(tmp_path / "junk.pem")]) == 2
-    assert "ssl_keyfile: given without ssl_certfile" in capsys.readouterr().err
-    assert main(["--ssl-certfile", str(tmp_path / "missing.pem")]) == 2
-    assert "is not a file" in capsys.readouterr().err
-    assert main(["--ssl-certfile", str(tmp_path / "junk.pem")]) == 2
-    assert "--ssl-certfile/--ssl-keyfile: cannot load" in capsys.readouterr().err
+    websockets_log = logging.getLogger("websockets")
+    level = websockets_log.level  # main() quiets it; later tests read its debug records
+    try:
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        assert main(["--ssl-keyfile", str(tmp_path / "junk.pem")]) == 2
+        assert "ssl_keyfile: given without ssl_certfile" in capsys.readouterr().err
+        assert main(["--ssl-certfile", str(tmp_path / "missing.pem")]) == 2
+        assert "is not a file" in capsys.readouterr().err
+        assert main(["--ssl-certfile", str(tmp_path / "junk.pem")]) == 2
+        assert "--ssl-certfile/--ssl-keyfile: cannot load" in capsys.readouterr().err
+    finally:
+        websockets_log.setLevel(level)
 
 
