@@ -40,7 +40,7 @@ def parts():
     return tiny_parts()
 
 
-def coarse_of(engine, seeds, greedy=False, fine="offline"):
+def coarse_of(engine, seeds, greedy=False, fine="sliding"):
     """Run one request per seed at once; their coarse tokens (in seed order)."""
     handles = []
     for seed in seeds:
@@ -150,3 +150,23 @@ def test_extend_equals_prefill_and_decode(parts):
         d1 = g.decode(torch.tensor([7]), a, [1], rows=rows)
         d2 = g.extend([np.array([7])], b, [2], rows=rows, logits_of=[0])
         assert (d1 - d2).abs().max() <= 1e-5
+
+
+def test_int8_prepares_each_prefix_in_one_call(parts):
+    """int8 coarse weights: the prefix is one separate call (no ride-along), tokens as with whole prefills."""
+    import copy
+
+    from streaming.models.quant import quantize_models
+
+    models, codec, tok = parts
+    q = quantize_models(copy.deepcopy(models), "int8")
+    on = make_engine((q, codec, tok), max_streams=2)
+    off = make_engine((q, codec, tok), max_streams=2, coarse_prefix_slots=0)
+    try:
+        assert on.coarse.whole_prefix and not on.coarse.ride_along
+        got, ref = coarse_of(on, [0], greedy=True), coarse_of(off, [0], greedy=True)
+        assert on.coarse.prefix_used >= 3
+        assert np.array_equal(got[0], ref[0])
+    finally:
+        on.stop()
+        off.stop()

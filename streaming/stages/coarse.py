@@ -139,6 +139,14 @@ class CoarseStage(CausalStage):
         self.n_prefix = n_slots if prefix_slots is None else prefix_slots
         super().__init__(model, n_slots, static=static, graphs=graphs, extra_slots=self.n_prefix)
         self.n_main = n_slots
+        # Ride along with decode steps only where a step's pass absorbs a chunk cheaply: float weights and
+        # dynamic shapes. Static-shape steps (GPUs) keep their own batched chunk calls. The CPU int8 kernel
+        # slows down with every extra row (measured: a single stream's total x1.17), so int8 models prepare
+        # each prefix in one separate call, as soon as it is known: same work as a whole prefill, off the boundary.
+        from ..models.quant import Int8Linear
+        quantized = any(isinstance(m, Int8Linear) for m in model.modules())
+        self.ride_along = self.static is None and not quantized
+        self.whole_prefix = quantized
         self.main_held = 0
         self.prefix_held = 0
         self.prefix_positions = 0  # prefix positions computed beside decode steps (counter)
@@ -235,9 +243,9 @@ class CoarseStage(CausalStage):
     def _step(self, segs: list[Segment], params: list[SamplingParams]):
         """Feed each segment's pending token; prefix chunks of the next windows ride along."""
         chunks = [(seg, c) for seg in segs if (c := self._prefix_chunk(seg)) is not None]
-        if not chunks or self.static is not None:
+        if not chunks or not self.ride_along:
             batch = self.step_rows(segs, params, [s.co.pending for s in segs], [s.co.slot for s in segs])
-            if chunks:  # static-shape step: the prefix chunks are their own batched call
+            if chunks:  # the prefix chunks are their own batched call
                 self.model.extend([c for _, c in chunks], self.cache, [s.co.prefix_slot for s, _ in chunks])
         else:  # one pass over the weights for the decode tokens and the prefix chunks together
             pending = [np.asarray([s.co.pending], dtype=np.int64) for s in segs]
@@ -256,6 +264,8 @@ class CoarseStage(CausalStage):
         if st.prefix is None:
             if self.n_prefix == 0 or (st.prefix_slot is None and self.prefix_held >= self.n_prefix):
                 return None
+            if seg.fine.shape[1] == 0:
+                return None  # no fine frame yet (first audio on its way, or the offline fine policy): keep steps lean
             prefix = next_prefix(seg)
             if prefix is None:
                 return None
@@ -267,6 +277,8 @@ class CoarseStage(CausalStage):
         left = len(st.prefix) - st.prefix_done
         if left == 0:
             return None
+        if self.whole_prefix:
+            return st.prefix[st.prefix_done:]
         steps_left = COARSE_WINDOW_LEN - st.window_pos - PREFIX_MARGIN
         n = min(left, max(PREFIX_MIN_CHUNK, -(-left // max(1, steps_left))))
         return st.prefix[st.prefix_done: st.prefix_done + n]
