@@ -264,8 +264,8 @@ class CoarseStage(CausalStage):
         if st.prefix is None:
             if self.n_prefix == 0 or (st.prefix_slot is None and self.prefix_held >= self.n_prefix):
                 return None
-            if seg.fine.shape[1] == 0:
-                return None  # no fine frame yet (first audio on its way, or the offline fine policy): keep steps lean
+            if seg.dec.n_decoded == 0:
+                return None  # nothing decoded yet (first audio on its way, or the offline fine policy): keep it lean
             prefix = next_prefix(seg)
             if prefix is None:
                 return None
