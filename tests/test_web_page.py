@@ -82,8 +82,11 @@ def test_the_page_can_be_turned_off(engine) -> None:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed (apt-get install chromium; .ci/run does) or set BARK_CHROMIUM")
+    if CHROMIUM is None:  # a newcomer's machine skips, saying why; CI (which installs it) must not
+        why = "chromium is not installed (apt-get install chromium; .ci/run does) or set BARK_CHROMIUM"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
