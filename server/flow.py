@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
@@ -28,6 +28,34 @@ from websockets.exceptions import ConnectionClosed
 log = logging.getLogger(__name__)
 
 MAX_PROBES = 64  # unanswered pings at once per connection
+PAUSE_AFTER_S = 0.05  # a write blocked this long pauses the engine stream until the reader catches up
+
+
+class SlowReader(Exception):
+    """The peer has not taken a write for slow_consumer_timeout seconds."""
+
+
+async def paced_write(write: Awaitable[object], handle, timeout: float) -> None:
+    """Await one write to a peer that has no pings to measure it (HTTP bodies, Wyoming): after
+    PAUSE_AFTER_S the engine stream `handle` (if any) is paused until the write completes, and a write
+    still waiting after `timeout` more seconds raises SlowReader. The write is cancelled if not done."""
+    task = asyncio.ensure_future(write)
+    try:
+        finished, _ = await asyncio.wait({task}, timeout=PAUSE_AFTER_S)
+        if not finished:
+            if handle is not None:
+                handle.pause()
+            try:
+                finished, _ = await asyncio.wait({task}, timeout=timeout)
+            finally:
+                if handle is not None:
+                    handle.resume()
+        if not finished:
+            raise SlowReader
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 class AudioLedger:

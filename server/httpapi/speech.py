@@ -33,6 +33,7 @@ from streaming.events import AudioChunk, StreamDone
 from streaming.params import SamplingParams, StreamPolicy
 
 from ..context import wire_stats
+from ..flow import SlowReader, paced_write
 from ..formats import MAX_SPEED, MIN_SPEED, AudioPipeline, convert
 from ..formats.encoders import MIME
 from ..metrics import ServerMetrics
@@ -46,7 +47,6 @@ STREAM_FORMATS = ("audio", "sse")
 FIELDS = ("model", "input", "voice", "response_format", "speed", "stream_format", "instructions", "params")
 MAX_NAME_CHARS = 256  # model and voice names
 MAX_INSTRUCTIONS_CHARS = 4096
-PAUSE_AFTER_S = 0.05  # a write blocked this long pauses the engine stream until the reader catches up
 
 
 @dataclass(frozen=True)
@@ -151,10 +151,6 @@ def parse_speech(raw: bytes, limits: Limits) -> SpeechCall:
                       sampling=sampling, policy=policy)
 
 
-class SlowReader(Exception):
-    """The client has not taken a write for slow_consumer_timeout seconds."""
-
-
 def sse_event(payload: Mapping[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
@@ -256,21 +252,7 @@ class SpeechStream:
         """One write, bounded: the engine stream pauses while it waits, and a reader stalled for the
         slow-consumer timeout ends the request."""
         assert self._response is not None
-        write = asyncio.ensure_future(self._response.write(data))
-        try:
-            finished, _ = await asyncio.wait({write}, timeout=PAUSE_AFTER_S)
-            if not finished:
-                self._handle.pause()
-                try:
-                    finished, _ = await asyncio.wait({write}, timeout=self._timeout)
-                finally:
-                    self._handle.resume()
-            if not finished:
-                raise SlowReader
-            write.result()
-        finally:
-            if not write.done():
-                write.cancel()
+        await paced_write(self._response.write(data), self._handle, self._timeout)
 
     def _abort(self) -> None:
         transport = self._request.transport

@@ -49,6 +49,7 @@ from streaming.events import AudioChunk, StreamDone
 from streaming.voices import Voice
 
 from ..context import RequestState, ServerContext, engine_failure
+from ..flow import SlowReader, paced_write
 from ..formats import AudioPipeline
 from ..limits import RateLimiter
 from .events import DEFAULT_VOICE, Refusal, check_text_format, read_event, text_field, voice_field, voice_for_language
@@ -58,16 +59,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAUSE_AFTER_S = 0.05  # a write blocked this long pauses the engine stream until the reader catches up
 WIDTH = 2  # bytes per sample: s16
 CHANNELS = 1
 IDLE_POLL_S = 1.0  # while a request runs, how often the reader re-checks the idle deadline
 LINGER_S = 0.25  # after a refusal: how long to read and drop what the peer already sent before closing
 LINGER_BYTES = 1 << 20
-
-
-class SlowReader(Exception):
-    """The peer has not taken a write for slow_consumer_timeout seconds."""
 
 
 class WyomingSession:
@@ -408,21 +404,6 @@ class WyomingSession:
         async with self._write_lock:
             if self._closing:  # refused or shut down: nothing more goes out
                 raise ConnectionResetError("the connection is closing")
-            write = asyncio.ensure_future(async_write_event(event, self._writer))
-            try:
-                finished, _ = await asyncio.wait({write}, timeout=PAUSE_AFTER_S)
-                if not finished:
-                    if handle is not None:
-                        handle.pause()
-                    try:
-                        finished, _ = await asyncio.wait({write}, timeout=self._ctx.config.slow_consumer_timeout)
-                    finally:
-                        if handle is not None:
-                            handle.resume()
-                if not finished:
-                    raise SlowReader
-                write.result()
-            finally:
-                if not write.done():
-                    write.cancel()
+            await paced_write(async_write_event(event, self._writer), handle,
+                              self._ctx.config.slow_consumer_timeout)
 

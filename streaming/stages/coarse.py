@@ -36,6 +36,7 @@ import torch
 from ..bark import coarse_step
 from ..constants import COARSE_SEMANTIC_WINDOW, COARSE_WINDOW_LEN, MAX_COARSE_HISTORY, SEMANTIC_TO_COARSE_RATIO
 from ..models.gpt import GPT
+from ..models.quant import Int8Linear
 from ..params import SamplingParams, StreamPolicy
 from ..prompts import (
     COARSE_HEAD_ROWS,
@@ -143,7 +144,6 @@ class CoarseStage(CausalStage):
         # dynamic shapes. Static-shape steps (GPUs) keep their own batched chunk calls. The CPU int8 kernel
         # slows down with every extra row (measured: a single stream's total x1.17), so int8 models prepare
         # each prefix in one separate call, as soon as it is known: same work as a whole prefill, off the boundary.
-        from ..models.quant import Int8Linear
         quantized = any(isinstance(m, Int8Linear) for m in model.modules())
         self.ride_along = self.static is None and not quantized
         self.whole_prefix = quantized
