@@ -13,7 +13,7 @@ const $ = (id) => document.getElementById(id);
 const RATE = 24000; // the AudioContext runs at the model's rate: no resampling on the server, the browser converts
 const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013]); // closes worth reconnecting after
 
-const page = { ready: null, connected: false, current: null, finished: [], played: 0, underruns: 0, level: -120 };
+const page = { ready: null, connected: false, current: null, finished: [], played: 0, underruns: 0, level: -120, peakLevel: -120 };
 window.barkPage = page;
 
 let ws = null;
@@ -127,21 +127,16 @@ function ensureAudio() {
   // Called from a click or key handler: the AudioContext is created (and resumed) inside the user gesture.
   if (!audio) {
     const ctx = new AudioContext({ sampleRate: RATE, latencyHint: "interactive" });
-    audio = { ctx, node: null, analyser: null, ready: null };
+    audio = { ctx, node: null, ready: null };
     audio.ready = (async () => {
       await ctx.audioWorklet.addModule("/web/player-worklet.js");
       const node = new AudioWorkletNode(ctx, "pcm-player", {
         numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1],
         processorOptions: { prebuffer: prebufferSamples() },
       });
-      const analyser = ctx.createAnalyser();
-      analyser.fftSize = 1024;
-      node.connect(analyser);
-      analyser.connect(ctx.destination);
+      node.connect(ctx.destination);
       node.port.onmessage = (event) => onPlayer(event.data);
       audio.node = node;
-      audio.analyser = analyser;
-      requestAnimationFrame(drawLevel);
       return audio;
     })();
   }
@@ -153,25 +148,17 @@ function onPlayer(msg) {
   if (msg.type === "stats") {
     page.played = msg.played;
     page.underruns = msg.underruns;
+    // The meter shows what the player output (measured in the worklet, so it needs no analyser or animation
+    // frame); peakLevel is the loudest reading since the current request began.
+    page.level = msg.level;
+    page.peakLevel = Math.max(page.peakLevel, msg.level);
+    $("level").style.width = `${Math.max(0, Math.min(1, (msg.level + 60) / 60)) * 100}%`;
     $("buffer").textContent = `${Math.round(msg.buffered / RATE * 1000)} ms queued · ${msg.underruns} underrun`
       + `${msg.underruns === 1 ? "" : "s"}`;
     if (page.current && !page.current.done && msg.playing) setState("playing");
   } else if (msg.type === "drained" && !page.current) {
     setState(page.finished.length ? `done (${page.finished[page.finished.length - 1].reason})` : "idle");
   }
-}
-
-function drawLevel() {
-  if (audio && audio.analyser) {
-    const buf = new Float32Array(audio.analyser.fftSize);
-    audio.analyser.getFloatTimeDomainData(buf);
-    let sum = 0;
-    for (const x of buf) sum += x * x;
-    const db = 20 * Math.log10(Math.sqrt(sum / buf.length) + 1e-9);
-    page.level = db;
-    $("level").style.width = `${Math.max(0, Math.min(1, (db + 60) / 60)) * 100}%`;
-  }
-  requestAnimationFrame(drawLevel);
 }
 
 // --- requests ---------------------------------------------------------------------------------------------
@@ -212,6 +199,7 @@ async function begin(kind) {
   };
   req.finished = new Promise((resolve) => { req.resolve = resolve; });
   page.current = req;
+  page.peakLevel = -120;
   log("");
   setState("waiting for audio");
   for (const id of ["ttfa", "ttfa-server", "rtf", "rtf-server", "audio", "samples"]) $(id).textContent = id.endsWith("server") ? "" : "–";

@@ -4,7 +4,8 @@
 //                      {type: "end"}                            no more audio for this request: play out the rest
 //                      {type: "flush"}                          drop everything queued (stop), go silent at once
 //                      {type: "prebuffer", samples: n}          jitter buffer: samples queued before playback starts
-// Messages out:        {type: "stats", buffered, played, underruns, playing}   about 20 times a second
+// Messages out:        {type: "stats", buffered, played, underruns, playing, level}   about 20 times a second;
+//                                                level: RMS in dBFS of what was output since the last stats
 //                      {type: "drained", played}                            the last queued sample was played
 //
 // Playback starts once `prebuffer` samples are queued (or at "end"); if the queue runs dry before "end"
@@ -23,6 +24,8 @@ class PcmPlayer extends AudioWorkletProcessor {
     this.playing = false;
     this.ended = false;
     this.blocks = 0;
+    this.sumSquares = 0; // of the samples output since the last stats message
+    this.counted = 0;
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
@@ -84,9 +87,14 @@ class PcmPlayer extends AudioWorkletProcessor {
       }
     }
     out.fill(0, i);
+    for (let k = 0; k < i; k++) this.sumSquares += out[k] * out[k];
+    this.counted += out.length;
     if (++this.blocks % 8 === 0) {
+      const level = this.sumSquares > 0 ? 10 * Math.log10(this.sumSquares / this.counted) : -120;
       this.port.postMessage({ type: "stats", buffered: this.buffered, played: this.played,
-                              underruns: this.underruns, playing: this.playing });
+                              underruns: this.underruns, playing: this.playing, level: Math.max(-120, level) });
+      this.sumSquares = 0;
+      this.counted = 0;
     }
     return true;
   }
