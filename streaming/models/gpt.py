@@ -127,6 +127,42 @@ class DecodeIndex:
         return DecodeIndex(slot_t, pos_t, length, None, mask)
 
 
+@dataclass(frozen=True)
+class ChunkIndex:
+    """Where the prompt chunks of one GPT.extend call (rows of more than one position) attend, built once per
+    call and shared by every layer. Chunk i holds flat positions off_i .. off_i+n_i-1 of the call and appends
+    to slot s_i after its `start_i` cached positions; its query t sees keys 0 .. start_i+t.
+
+    However many chunks there are, attention is one call per layer (the op count of a tick does not grow with
+    the streams): the chunks' queries are padded to the longest (padding repeats a chunk's last query, whose
+    output is dropped), every slot's keys are read up to the longest end, and a mask keeps each query causal
+    within its own slot. A single chunk reads its slot as a view instead.
+    """
+
+    one: tuple[int, int, int] | None  # (offset, n, slot) when there is exactly one chunk
+    length: int  # keys read per slot: the longest start_i + n_i
+    mask: torch.Tensor  # bool [M, 1, nmax, length]
+    query: torch.Tensor | None  # int64 [M, nmax] flat position of each (padded) query; None for one chunk
+    slots: torch.Tensor | None  # int64 [M]; None for one chunk
+    rows: torch.Tensor  # int64 [P] the real queries' rows in the [M * nmax] attention output
+    flat: torch.Tensor  # int64 [P] their flat positions in the call
+
+    @staticmethod
+    def build(offsets: list[int], lens: list[int], slots: list[int], starts: list[int],
+              device: torch.device) -> "ChunkIndex":
+        nmax, length = max(lens), max(st + n for st, n in zip(starts, lens))
+        t = np.minimum(np.arange(nmax)[None, :], np.asarray(lens)[:, None] - 1)  # [M, nmax] padding repeats
+        last_key = np.asarray(starts)[:, None] + t  # [M, nmax]
+        mask = torch.arange(length, device=device)[None, None, :] <= upload(last_key, device)[:, :, None]
+        real = np.arange(nmax)[None, :] < np.asarray(lens)[:, None]  # [M, nmax]
+        rows = upload(np.flatnonzero(real), device)
+        flat = upload(np.concatenate([np.arange(off, off + n) for off, n in zip(offsets, lens)]), device)
+        if len(lens) == 1:
+            return ChunkIndex((offsets[0], lens[0], slots[0]), length, mask[:, None], None, None, rows, flat)
+        query = upload(np.asarray(offsets)[:, None] + t, device)
+        return ChunkIndex(None, length, mask[:, None], query, upload(slots, device), rows, flat)
+
+
 def merge_heads(t: torch.Tensor) -> torch.Tensor:
     """[B, nh, T, hs] -> [B, T, C]"""
     B, nh, T, hs = t.shape
@@ -170,10 +206,9 @@ class CausalSelfAttention(nn.Module):
 
 
     def extend(self, x: torch.Tensor, cache: KVCache, layer: int, slot_t: torch.Tensor, pos_t: torch.Tensor,
-               singles: tuple[torch.Tensor, DecodeIndex] | None,
-               multis: list[tuple[int, int, int, int]]) -> torch.Tensor:
+               singles: tuple[torch.Tensor, DecodeIndex] | None, chunks: ChunkIndex | None) -> torch.Tensor:
         """x: [1, N, C], the flat positions of several rows (GPT.extend). `singles`: the flat index of the
-        one-token rows and their DecodeIndex; `multis`: (offset, n, slot, start) of each longer chunk."""
+        one-token rows and their DecodeIndex; `chunks`: where the longer rows attend."""
         N = x.shape[1]
         q, k, v = self.c_attn(x[0]).split(self.n_embd, dim=1)  # each [N, C]
         nh, hs = self.n_head, self.n_embd // self.n_head
@@ -190,13 +225,17 @@ class CausalSelfAttention(nn.Module):
                 keys, values = cache.k[layer, index.slots, :, :L], cache.v[layer, index.slots, :, :L]
             kernel = cache.kernel or ("sdpa" if cache.k.device.type != "cpu" else "matmul")
             y[flat] = attend_batch(q[flat][:, :, None], keys, values, index.mask, kernel)[:, :, 0]
-        for off, n, slot, start in multis:
-            end = start + n
-            qi = q[off:off + n].transpose(0, 1)[None].to(cache.dtype)  # [1, nh, n, hs]
-            keys, values = cache.k[layer, slot, :, :end][None], cache.v[layer, slot, :, :end][None]
-            mask = torch.arange(end, device=x.device)[None, :] <= torch.arange(start, end, device=x.device)[:, None]
-            yi = F.scaled_dot_product_attention(qi, keys, values, attn_mask=mask)  # [1, nh, n, hs]
-            y[off:off + n] = yi[0].transpose(0, 1).to(y.dtype)
+        if chunks is not None:
+            L = chunks.length
+            if chunks.one is not None:  # one chunk: its slot's cache as a view, no copy
+                off, n, slot = chunks.one
+                qi = q[off:off + n].transpose(0, 1)[None]  # [1, nh, n, hs]
+                keys, values = cache.k[layer, slot, :, :L][None], cache.v[layer, slot, :, :L][None]
+            else:  # several: one padded batch, whatever their number
+                qi = q[chunks.query].permute(0, 2, 1, 3)  # [M, nh, nmax, hs]
+                keys, values = cache.k[layer, chunks.slots, :, :L], cache.v[layer, chunks.slots, :, :L]
+            yi = F.scaled_dot_product_attention(qi.to(cache.dtype), keys, values, attn_mask=chunks.mask)
+            y[chunks.flat] = yi.transpose(1, 2).reshape(-1, nh, hs)[chunks.rows].to(y.dtype)
         return self.c_proj(y.reshape(1, N, self.n_embd))
 
 
@@ -312,7 +351,7 @@ class GPT(nn.Module):
         (a chunk of 1) and a prompt chunk share the weight reads: on a CPU a step's memory-bound
         pass absorbs a compute-bound prefix chunk for little extra time. Attention is causal
         over each slot's cache plus the chunk itself: chunks of 1 attend as a batch, longer
-        chunks one by one. A prompt computed as one prefill, or as chunks extended one after
+        chunks as another (ChunkIndex), so the call's op count does not grow with its rows. A prompt computed as one prefill, or as chunks extended one after
         another, gives the same keys and values up to float rounding (attention is causal).
         Returns the logits of the last position of the rows in `logits_of` ([R, V] or the
         vocabulary `rows`), or None; advances each slot's length by its chunk.
@@ -332,9 +371,13 @@ class GPT(nn.Module):
         if singles:
             single_index = (upload([int(ends[i]) - 1 for i in singles], device),
                             DecodeIndex.build([slots[i] for i in singles], [starts[i] for i in singles], device))
-        multis = [(int(ends[i]) - n, n, slots[i], starts[i]) for i, n in enumerate(lens) if n > 1]
+        multi = [i for i, n in enumerate(lens) if n > 1]
+        chunk_index = None
+        if multi:
+            chunk_index = ChunkIndex.build([int(ends[i]) - lens[i] for i in multi], [lens[i] for i in multi],
+                                           [slots[i] for i in multi], [starts[i] for i in multi], device)
         for layer, block in enumerate(self.transformer.h):
-            x = x + block.attn.extend(block.ln_1(x), cache, layer, slot_t, pos_t, single_index, multis)
+            x = x + block.attn.extend(block.ln_1(x), cache, layer, slot_t, pos_t, single_index, chunk_index)
             x = x + block.mlp(block.ln_2(x))
         for s, st, n in zip(slots, starts, lens):
             cache.lengths[s] = st + n
