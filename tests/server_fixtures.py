@@ -127,11 +127,12 @@ class ServerThread:
         """One sample of /metrics, e.g. metric("bark_errors_total", 'code="bad_frame"'); 0 when absent."""
         return metric_value(self.http("/metrics")[2], name, labels)
 
-    def wait_metric(self, name: str, predicate: Callable[[float], bool], timeout: float = 10.0) -> float:
-        """Poll /metrics until `predicate(value)` holds; fail after `timeout` seconds."""
+    def wait_metric(self, name: str, predicate: Callable[[float], bool], timeout: float = 10.0,
+                    labels: str = "") -> float:
+        """Poll /metrics until `predicate(value)` of `name{labels}` holds; fail after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.metric(name)
+            value = self.metric(name, labels)
             if predicate(value):
                 return value
             if time.monotonic() > deadline:
