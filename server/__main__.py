@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"per connection (default {getattr(lim, name)})")
     cap.add_argument("--http-max-requests", type=int, default=d.http_max_requests,
                      help=f"HTTP speech requests in flight, all clients (default {d.http_max_requests})")
+    cap.add_argument("--http-max-connections", type=int, default=d.http_max_connections,
+                     help=f"open connections to the HTTP port, idle keep-alive ones included; more get 503 "
+                          f"(default {d.http_max_connections})")
     cap.add_argument("--http-requests-per-s", type=float, default=d.http_requests_per_s,
                      help=f"HTTP speech requests per second per client address (default {d.http_requests_per_s:g})")
     cap.add_argument("--http-request-burst", type=int, default=d.http_request_burst,
@@ -182,7 +185,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allowed_origins=tuple(args.allowed_origin), public_metrics=args.public_metrics,
         refuse_when_full=args.refuse_when_full, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
         log_level=args.log_level, http_port=args.http_port, http_max_requests=args.http_max_requests,
-        http_requests_per_s=args.http_requests_per_s, http_request_burst=args.http_request_burst,
+        http_max_connections=args.http_max_connections, http_requests_per_s=args.http_requests_per_s, http_request_burst=args.http_request_burst,
         voice_aliases=DEFAULT_VOICE_ALIASES + _aliases(args.voice_alias),
         **integrations.config_kwargs(args),
     )

@@ -100,6 +100,7 @@ class ServerConfig:
     # --- OpenAI-compatible HTTP API (server/httpapi), off unless http_port is set
     http_port: int | None = None  # TCP port of POST /v1/audio/speech (+ /healthz, /metrics); 0 = any free one
     http_max_requests: int = 32  # speech requests in flight over HTTP, all clients; more get 503 + Retry-After
+    http_max_connections: int = 256  # open TCP connections to the HTTP port (idle keep-alive ones too); more: 503
     http_requests_per_s: float = 5.0  # speech requests per second per client address (token bucket refill)
     http_request_burst: int = 10  # speech requests a client address may send at once
     voice_aliases: tuple[tuple[str, str], ...] = DEFAULT_VOICE_ALIASES  # (alias, preset): OpenAI's voice names
@@ -144,6 +145,7 @@ class ServerConfig:
                                            or not 0 <= self.http_port <= 65535):
             raise ConfigError(f"http_port: expected an integer in 0..65535, got {self.http_port!r}")
         _positive("http_max_requests", self.http_max_requests)
+        _positive("http_max_connections", self.http_max_connections)
         _positive("http_request_burst", self.http_request_burst)
         _positive_number("http_requests_per_s", self.http_requests_per_s)
         _check_aliases(self.voice_aliases)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 import wave
@@ -365,3 +366,55 @@ def test_voice_alias_flag_overrides_and_is_checked(capsys: pytest.CaptureFixture
     assert aliases["nova"] == "v2/en_speaker_6" and config.http_port == 8766
     assert main(["--voice-alias", "alloy"]) == 2
     assert "--voice-alias: expected NAME=PRESET" in capsys.readouterr().err
+
+
+def test_connections_past_http_max_connections_get_503_and_the_rest_are_served(engine: Engine) -> None:
+    """Open connections are capped, idle ones included: one more gets 503 in OpenAI's shape with Retry-After
+    and is closed; those already open are still served, and once one closes a new connection is served."""
+    import socket
+
+    srv = start_server(engine, http_port=0, http_max_connections=2)
+
+    def request(sock: socket.socket, target: str = "/healthz") -> bytes:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    try:
+        port = srv.server.http_port
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+            answer = request(third, "/v1/models")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"\r\nRetry-After: 1\r\n" in head
+        error = json.loads(body)["error"]
+        assert error["code"] == "overloaded" and "--http-max-connections" in error["message"], error
+        assert srv.metric("bark_handshakes_refused_total", 'reason="http_connections"') == 1
+        for sock in held:  # the connections already open are served
+            assert request(sock).startswith(b"HTTP/1.1 200"), sock
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the server notices the close, then takes a new connection
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as again:
+                answer = request(again)
+            if answer.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # polling interval, bounded by the deadline
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        held[0].close()
+    finally:
+        srv.stop()
+
+
+def _content_length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0

@@ -11,7 +11,8 @@ aiohttp serves it on the same event loop as the WebSocket server (uvloop when
 present) and it uses the same engine, API keys, voices, limits and metrics:
 one `ServerContext`. Every limit has its HTTP form: input size, body size, a
 request rate per client address, requests in flight (all clients, per address,
-per API key), the engine's queue (503 + Retry-After), and a stalled reader.
+per API key), open connections (connections.py), the engine's queue (503 +
+Retry-After), and a stalled reader.
 A client that disconnects cancels its generation: aiohttp cancels the handler
 (`handler_cancellation=True`) and the handler cancels the engine stream.
 """
@@ -36,6 +37,7 @@ from ..auth import KeySet, RateLimitedWarning, client_address
 from ..context import ServerContext
 from ..limits import RateLimiter
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .connections import ConnectionCap
 from .errors import ApiError, bad_field, rate_limited, unauthorised, unavailable
 from .speech import SpeechCall, SpeechStream, parse_speech
 
@@ -57,6 +59,24 @@ class _Credentials:
 
     def get_all(self, name: str) -> list[str]:
         return list(self._headers.getall(name, []))
+
+
+class _CappedRunner(web.AppRunner):
+    """aiohttp's runner whose listeners open at most `limit` connections at once (ConnectionCap)."""
+
+    def __init__(self, app: web.Application, limit: int, on_refuse: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limit, self._on_refuse = limit, on_refuse
+        self._cap: ConnectionCap | None = None
+
+    @property
+    def server(self) -> Any:  # what TCPSite hands to loop.create_server as the protocol factory
+        inner = super().server
+        if inner is None:
+            return None
+        if self._cap is None:
+            self._cap = ConnectionCap(inner, self._limit, self._on_refuse)
+        return self._cap
 
 
 class HttpApi:
@@ -93,7 +113,9 @@ class HttpApi:
         return app
 
     async def start(self, host: str, port: int, ssl_context: Any = None) -> None:
-        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self._runner = _CappedRunner(self.app(), self._ctx.config.http_max_connections,
+                                     lambda: self._ctx.metrics.refuse("http_connections"),
+                                     handler_cancellation=True, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout,
                                  ssl_context=ssl_context)
