@@ -29,6 +29,8 @@ How it maps Pipecat onto the protocol:
   1006 (lost), 1011 (server error), 1012 (restart, e.g. a drain) or 1013 (try again later); any other
   close (1008 after a policy error, ...) is reported and the socket is reopened only when there is text
   to speak again;
+- with several URLs (replicas, or one behind HAProxy and a spare), a connection goes to the first that
+  answers, starting from the last one used: a reconnect after a replica stops lands on another;
 - a `keepalive` every `keepalive_s` seconds keeps an idle connection under the server's idle timeout.
 
 `params` is the protocol's params map (text_temp, waveform_temp, seed, ...), sent with every request.
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 try:
@@ -86,7 +88,7 @@ class BarkTTSService(WebsocketTTSService):
     def __init__(
         self,
         *,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         api_key: str | None = None,
         voice: str | None = None,
         params: Mapping[str, Any] | None = None,
@@ -99,7 +101,10 @@ class BarkTTSService(WebsocketTTSService):
     ) -> None:
         """
         Args:
-            url: the server's WebSocket URL (ws:// or wss://, path /v1/stream).
+            url: the server's WebSocket URL (ws:// or wss://, path /v1/stream), or several replicas' URLs: a
+                connection goes to the first that answers, starting from the one used last; after a drop
+                (a replica stopping) the reconnect moves on to the next. Audio of a context that was in
+                flight on the lost connection is not replayed (its context ends with an error).
             api_key: sent as `Authorization: Bearer`; None when the server needs no key.
             voice: a voice from the server's `ready.voices` or an alias (alloy, ...); None = the server's default.
                 Change it at run time with TTSUpdateSettingsFrame(delta=BarkTTSService.Settings(voice=...)).
@@ -116,7 +121,10 @@ class BarkTTSService(WebsocketTTSService):
         super().__init__(push_text_frames=False, push_stop_frames=True, push_start_frame=True,
                          sample_rate=sample_rate, stop_frame_timeout_s=stop_frame_timeout_s, settings=default,
                          **kwargs)
-        self._url = url
+        self._urls = [url] if isinstance(url, str) else list(url)
+        if not self._urls or not all(isinstance(u, str) and u for u in self._urls):
+            raise ValueError(f"url: expected a WebSocket URL or a non-empty list of them, got {url!r}")
+        self._url_index = 0  # the URL connected to last (where the next connection attempt starts)
         self._api_key = api_key
         self._params = dict(params or {})
         self._keepalive_s = keepalive_s
@@ -131,6 +139,11 @@ class BarkTTSService(WebsocketTTSService):
 
     def can_generate_metrics(self) -> bool:
         return True
+
+    @property
+    def url(self) -> str:
+        """The URL connected to last (or about to be tried first)."""
+        return self._urls[self._url_index]
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -158,20 +171,30 @@ class BarkTTSService(WebsocketTTSService):
         if self._websocket is not None and self._websocket.state is State.OPEN:
             return
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
-        ws = None
-        try:
-            ws = await self._websocket_connect(self._url, additional_headers=headers, max_size=MAX_SERVER_FRAME_BYTES,
-                                               compression=None, open_timeout=self._open_timeout)
-            ready = decode_server_message(await asyncio.wait_for(ws.recv(), self._open_timeout))
-            if ready.get("type") != "ready" or ready.get("protocol") != PROTOCOL_VERSION:
-                raise ConnectionError(f"expected `ready` for protocol {PROTOCOL_VERSION}, got {ready.get('type')!r}")
-        except Exception as exc:  # noqa: BLE001 - every way to fail is one report
-            if ws is not None:
-                await ws.close()
+        failures: list[str] = []
+        for i in range(len(self._urls)):
+            index = (self._url_index + i) % len(self._urls)
+            url = self._urls[index]
+            ws = None
+            try:
+                ws = await self._websocket_connect(url, additional_headers=headers, max_size=MAX_SERVER_FRAME_BYTES,
+                                                   compression=None, open_timeout=self._open_timeout)
+                ready = decode_server_message(await asyncio.wait_for(ws.recv(), self._open_timeout))
+                if ready.get("type") != "ready" or ready.get("protocol") != PROTOCOL_VERSION:
+                    raise ConnectionError(f"expected `ready` for protocol {PROTOCOL_VERSION}, got "
+                                          f"{ready.get('type')!r}")
+                self._url_index = index
+                break
+            except Exception as exc:  # noqa: BLE001 - every way to fail is one report
+                if ws is not None:
+                    await ws.close()
+                logger.warning(f"{self}: cannot connect to {url}: {exc}")
+                failures.append(f"{url}: {exc}")
+        else:
             self._websocket = None
-            logger.warning(f"{self}: cannot connect to {self._url}: {exc}")
-            await self.push_error(error_msg=f"{self}: cannot connect to {self._url}: {exc}", exception=exc)
-            await self._call_event_handler("on_connection_error", str(exc))
+            error = f"{self}: cannot connect to " + "; ".join(failures)
+            await self.push_error(error_msg=error, exception=ConnectionError(error))
+            await self._call_event_handler("on_connection_error", "; ".join(failures))
             return
         self._websocket = ws
         self.ready = ready
@@ -181,7 +204,7 @@ class BarkTTSService(WebsocketTTSService):
         self._open.clear()
         self._ended.clear()
         self._resamplers.clear()
-        logger.debug(f"{self}: connected to {self._url} ({ready.get('model')}, audio at {self._wire_rate} Hz)")
+        logger.debug(f"{self}: connected to {self.url} ({ready.get('model')}, audio at {self._wire_rate} Hz)")
         await self._call_event_handler("on_connected")
 
     async def _disconnect_websocket(self) -> None:
@@ -214,7 +237,7 @@ class BarkTTSService(WebsocketTTSService):
             if self._websocket is None or self._websocket.state is not State.OPEN:
                 await self._connect()  # reopen on demand after a close that was not retried
                 if self._websocket is None:
-                    raise ConnectionError(f"cannot connect to {self._url}")
+                    raise ConnectionError(f"cannot connect to {', '.join(self._urls)}")
             if context_id in self._ended:
                 raise RuntimeError(f"context {context_id} already ended")
             if context_id not in self._open:

@@ -190,12 +190,54 @@ def test_the_service_reconnects_after_a_server_restart(engine, restartable: list
             await sink.wait(lambda fs: bool(frames_of(fs, TTSStoppedFrame)))
             await asyncio.to_thread(first.stop)  # closes with 1001 (shutting_down): worth a reconnect
             restartable.remove(first)
-            restartable.append(await asyncio.to_thread(_server_on, engine, port))
-            await poll(lambda: tts.connections_opened == 2, timeout=30)
+            second = await asyncio.to_thread(_server_on, engine, port)
+            restartable.append(second)
+            # connected to the new server (a reconnect may first land on the old one while it closes)
+            await poll(lambda: second.metric("bark_connections") == 1 and tts.ready is not None, timeout=30)
             seen = len(sink.frames)
             await worker.queue_frame(TTSSpeakFrame("After."))
             await sink.wait(lambda fs: bool(frames_of(fs[seen:], TTSStoppedFrame)))
             assert frames_of(sink.frames[seen:], TTSAudioRawFrame)
             return tts.connections_opened
 
-    assert run(go(), timeout=180) == 2
+    assert run(go(), timeout=180) >= 2
+
+
+def test_several_urls_connect_to_one_that_answers_and_fail_over_when_it_stops(engine) -> None:  # noqa: F811
+    """url=[nothing listening, A, B]: the service connects to A; when A stops it reconnects to the next that
+    answers (B, after trying A again), and speaks there."""
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening on it
+        probe.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{probe.getsockname()[1]}/v1/stream"
+    a, b = _server_on(engine, 0), _server_on(engine, 0)
+    a_url, b_url = a.url, b.url
+    try:
+        async def go() -> tuple[str, str, int]:
+            tts = BarkTTSService(url=[dead, a_url, b_url], params=PARAMS, reconnect_backoff_min_wait=0.5,
+                                 reconnect_backoff_max_wait=1.0)
+            async with pipeline(tts, 24_000) as (worker, sink):
+                first = tts.url
+                await worker.queue_frame(TTSSpeakFrame("On the first replica."))
+                await sink.wait(lambda fs: bool(frames_of(fs, TTSStoppedFrame)))
+                await asyncio.to_thread(a.stop)  # closes with 1001: worth a reconnect, which lands on B
+                await poll(lambda: b.metric("bark_connections") == 1, timeout=30)
+                seen = len(sink.frames)
+                await worker.queue_frame(TTSSpeakFrame("On the second."))
+                await sink.wait(lambda fs: bool(frames_of(fs[seen:], TTSStoppedFrame)))
+                assert frames_of(sink.frames[seen:], TTSAudioRawFrame)
+                return first, tts.url, tts.connections_opened
+
+        first, second, opened = run(go(), timeout=180)
+        assert (first, second) == (a_url, b_url) and opened >= 2
+        assert b.metric("bark_requests_finished_total", 'reason="end"') == 1
+    finally:
+        b.stop()
+        if a.server is not None and a.loop is not None and not a.loop.is_closed():
+            a.stop()
+
+
+def test_a_url_list_must_not_be_empty() -> None:
+    with pytest.raises(ValueError, match="url"):
+        BarkTTSService(url=[])
