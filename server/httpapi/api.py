@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol import ProtocolError
 from streaming.engine import EngineOverloaded, SpeechRequest, StreamHandle
@@ -79,6 +80,17 @@ class _CappedRunner(web.AppRunner):
         return self._cap
 
 
+class _ParseErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's connection logger: a request it cannot parse (the client's fault, answered 400) is one info line,
+    not an ERROR with a traceback that any client could repeat to flood the log; other errors keep theirs."""
+
+    def exception(self, msg: Any, *args: Any, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, (HttpProcessingError, web.RequestPayloadError)):
+            self.info("http: " + str(msg) + ": %s", *args, str(exc_info).replace("\n", " ")[:200])
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class HttpApi:
     """The HTTP API over a ServerContext; `start()` listens, `drain()` and `close()` stop it."""
 
@@ -113,9 +125,13 @@ class HttpApi:
         return app
 
     async def start(self, host: str, port: int, ssl_context: Any = None) -> None:
-        self._runner = _CappedRunner(self.app(), self._ctx.config.http_max_connections,
+        cfg = self._ctx.config
+        # aiohttp keeps a connection with no request (or half a request head) for an hour by default: the idle
+        # timeout closes it, as on the WebSocket port, so such connections cannot fill --http-max-connections
+        idle = {} if cfg.idle_timeout is None else {"keepalive_timeout": cfg.idle_timeout}
+        self._runner = _CappedRunner(self.app(), cfg.http_max_connections,
                                      lambda: self._ctx.metrics.refuse("http_connections"),
-                                     handler_cancellation=True, access_log=None)
+                                     handler_cancellation=True, access_log=None, logger=_ParseErrorLog(log), **idle)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout,
                                  ssl_context=ssl_context)
@@ -224,7 +240,15 @@ class HttpApi:
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"body: {request.content_length} bytes exceeds {limit} (input is limited to "
                            f"{cfg.limits.max_request_chars} characters)", param="input", code="request_too_large")
-        call = parse_speech(await request.read(), cfg.limits)
+        try:  # bounded like the WebSocket's handshake: a body that stops coming would hold the connection forever
+            body = await asyncio.wait_for(request.read(), cfg.open_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"body: not received within {cfg.open_timeout:g} s", param="body",
+                           code="request_timeout") from None
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding its bytes do not decode with
+            raise bad_field("body", f"body: {str(exc.__cause__ or exc).splitlines()[-1].strip()[:200]}",
+                            code="invalid_body") from None
+        call = parse_speech(body, cfg.limits)
         key = self._keys.which(_Credentials(request)) if self._keys else None  # type: ignore[arg-type]
         self._check_capacity(address, key)
         task = asyncio.current_task()

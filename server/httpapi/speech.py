@@ -85,6 +85,10 @@ def _string(body: Mapping[str, Any], key: str, *, max_chars: int, required: bool
         raise bad_field(key, f"{key}: expected a string, got {wire_type(value)}")
     if len(value) > max_chars:
         raise bad_field(key, f"{key}: {len(value)} characters exceeds the maximum of {max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" decodes to a lone surrogate, which the tokenizer refuses
+        raise bad_field(key, f"{key}: not valid Unicode (a lone surrogate such as \\ud800)") from None
     return value
 
 
@@ -129,6 +133,8 @@ def parse_speech(raw: bytes, limits: Limits) -> SpeechCall:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_field("body", f"body: not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:  # arrays or objects nested thousands deep: fits the size limit, not the parser
+        raise bad_field("body", "body: not valid JSON (nested too deeply)", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_field("body", f"body: expected a JSON object, got {type(body).__name__}", code="invalid_json")
     for key in body:

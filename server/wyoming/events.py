@@ -102,6 +102,16 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON's "\\ud800" decodes to one), which the tokenizer refuses
+    with a TypeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_type(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -120,6 +130,8 @@ def text_field(data: dict[str, Any], *, required: bool, max_chars: int) -> str:
                       f"text: expected a string, got {_json_type(text)}")
     if len(text) > max_chars:
         raise Refusal("text_too_long", f"text: {len(text)} characters exceeds the maximum of {max_chars}")
+    if not is_unicode(text):
+        raise Refusal("bad_field", "text: not valid Unicode (a lone surrogate such as \\ud800)")
     if required and not text.strip():
         raise Refusal("bad_field", "text: must not be empty or only whitespace")
     return text

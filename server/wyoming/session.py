@@ -97,6 +97,9 @@ class WyomingSession:
     async def run(self) -> None:
         try:
             await self._serve()
+        except BaseException:  # a bug or a cancel: a request still taking text would never end, so _release
+            self._closing = True  # must cancel it, not wait for it (that hung the connection and held its slot)
+            raise
         finally:
             await self._release()
 
@@ -123,7 +126,10 @@ class WyomingSession:
                 if not read.done():
                     read.cancel()
             try:
-                event = read.result()
+                try:
+                    event = read.result()
+                except ConnectionError:  # reset by the peer: it is gone, as at the end of its stream
+                    event = None
                 if event is None:
                     self._peer_left()
                     return
@@ -191,11 +197,13 @@ class WyomingSession:
                     return
                 total += len(data)
 
+        if self._writer.is_closing():  # the peer reset it: nothing to linger for (uvloop raises on write_eof)
+            return
         try:
             if self._writer.can_write_eof():
                 self._writer.write_eof()
             await asyncio.wait_for(discard(), LINGER_S)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
             pass
 
     async def _refuse(self, exc: Refusal) -> None:
