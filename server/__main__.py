@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     cap = p.add_argument_group("limits")
     cap.add_argument("--max-streams", type=int, default=d.max_streams, help="streams the engine computes at once")
     cap.add_argument("--max-queue", type=int, default=d.max_queue, help="streams waiting before `overloaded`")
+    cap.add_argument("--coarse-prefix-slots", type=int, default=None, metavar="N",
+                     help="extra coarse KV slots that prepare the next window's prompt while a window decodes "
+                          "(default one per stream; 0 = off, saving a third of the K/V memory per stream at the "
+                          "cost of a prefill at every coarse window boundary)")
     cap.add_argument("--max-connections", type=int, default=d.max_connections, help="open connections")
     cap.add_argument("--refuse-when-full", action="store_true",
                      help="with every engine slot in use, refuse new WebSocket upgrades with 503 and Retry-After so "
@@ -171,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         codec=args.codec, codec_dtype=args.codec_dtype, cuda_graphs=args.cuda_graphs, quantize=args.quantize,
         tokenizer=args.tokenizer, voices_dir=args.voices, default_voice=args.default_voice,
         offline=args.offline, max_streams=args.max_streams, max_queue=args.max_queue,
+        coarse_prefix_slots=args.coarse_prefix_slots,
         max_connections=args.max_connections, limits=limits,
         max_streams_per_connection=args.max_streams_per_connection,
         max_connections_per_ip=args.max_connections_per_ip, max_streams_per_key=args.max_streams_per_key,

@@ -63,7 +63,8 @@ def create_engine(config: ServerConfig) -> Engine:
         voices_dir=config.voices_dir,
         local_files_only=config.offline,
         config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
-                            max_streams_per_owner=config.streams_per_connection, cuda_graphs=config.cuda_graphs),
+                            max_streams_per_owner=config.streams_per_connection, cuda_graphs=config.cuda_graphs,
+                            coarse_prefix_slots=config.coarse_prefix_slots),
     )
 
 

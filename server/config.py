@@ -60,6 +60,7 @@ class ServerConfig:
     max_streams: int = 8  # streams computed at once by the engine
     max_streams_per_connection: int | None = None  # engine slots one connection may hold; None = max(2, max_streams // 4)
     max_queue: int = 32  # streams waiting for admission before `overloaded`
+    coarse_prefix_slots: int | None = None  # KV slots preparing coarse windows' prompts; None = one per stream, 0 = off
     # --- per-connection limits
     max_connections: int = 64  # open WebSocket connections; more are refused with HTTP 503
     refuse_when_full: bool = False  # every engine slot held: refuse new upgrades with 503 + Retry-After (behind a
@@ -125,6 +126,10 @@ class ServerConfig:
         for name in ("max_streams", "max_connections", "send_queue_frames", "oversize_factor",
                      "message_burst", "rate_limit_strikes"):
             _positive(name, getattr(self, name))
+        if self.coarse_prefix_slots is not None and (isinstance(self.coarse_prefix_slots, bool) or not isinstance(
+                self.coarse_prefix_slots, int) or self.coarse_prefix_slots < 0):
+            raise ConfigError(f"coarse_prefix_slots: expected an integer >= 0 (0 turns the prepared prefixes off), "
+                              f"got {self.coarse_prefix_slots!r}")
         for name in ("max_streams_per_connection", "max_connections_per_ip", "max_streams_per_key"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

@@ -230,3 +230,25 @@ def test_int8_prepares_each_prefix_in_one_call(parts):
     finally:
         on.stop()
         off.stop()
+
+
+def test_the_server_flag_sets_the_prefix_slots() -> None:
+    """`python -m server --coarse-prefix-slots N` reaches the engine's coarse stage (0 turns the prefixes off and
+    their K/V memory with them); a negative count is refused naming the field."""
+    from server.__main__ import build_parser, config_from_args
+    from server.app import create_engine
+    from server.config import ServerConfig
+    from streaming.errors import ConfigError
+    from tests.server_fixtures import TOKENIZER_DIR
+
+    base = ["--model", "random-tiny", "--codec", "random", "--device", "cpu", "--dtype", "float32", "--offline",
+            "--tokenizer", str(TOKENIZER_DIR), "--max-streams", "3"]
+    slots = {}
+    for extra in ([], ["--coarse-prefix-slots", "0"], ["--coarse-prefix-slots", "1"]):
+        engine = create_engine(config_from_args(build_parser().parse_args(base + extra)))
+        slots[tuple(extra)] = (engine.coarse.n_prefix, engine.coarse.cache.k.shape[1])
+    assert slots[()] == (3, 6)  # one per stream: 3 windows + 3 prefixes
+    assert slots[("--coarse-prefix-slots", "0")] == (0, 3)
+    assert slots[("--coarse-prefix-slots", "1")] == (1, 4)
+    with pytest.raises(ConfigError, match="coarse_prefix_slots"):
+        ServerConfig(coarse_prefix_slots=-1)
