@@ -76,7 +76,7 @@ def unpack_map(
     except UnicodeDecodeError:
         raise ProtocolError("bad_frame", "a msgpack str is not valid UTF-8") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input: any unpack failure is bad_frame
-        raise ProtocolError("bad_frame", f"not a valid msgpack message: {exc or type(exc).__name__}") from None
+        raise ProtocolError("bad_frame", f"not a valid msgpack message: {str(exc) or type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_frame", f"expected a msgpack map, got {wire_type(obj)}")
     _check_structure(obj, 0, max_depth)

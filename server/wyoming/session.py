@@ -126,10 +126,7 @@ class WyomingSession:
                 if not read.done():
                     read.cancel()
             try:
-                try:
-                    event = read.result()
-                except ConnectionError:  # reset by the peer: it is gone, as at the end of its stream
-                    event = None
+                event = read.result()
                 if event is None:
                     self._peer_left()
                     return
@@ -142,6 +139,9 @@ class WyomingSession:
             except Refusal as exc:
                 await self._refuse(exc)
                 await self._linger()
+                return
+            except ConnectionError:  # reset by the peer (reading, or answering it): gone, as at the end of its stream
+                self._peer_left()
                 return
 
     def _peer_left(self) -> None:
