@@ -91,3 +91,9 @@ def pack(msg: Mapping[str, Any]) -> bytes:
 def wire_type(value: Any) -> str:
     """The msgpack name of a decoded value's type, for error messages."""
     return _WIRE_NAMES.get(type(value), type(value).__name__)
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages (the HTTP API, Wyoming)."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

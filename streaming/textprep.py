@@ -15,7 +15,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import TextError
 from .text import normalize_whitespace, segment_text, split_sentences
+
+
+def check_text(text: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, which Python strings can hold and JSON can
+    carry as \\ud800): the tokenizer cannot encode it, so it is the caller's error, not the engine's."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TextError(f"text: character {exc.start} is a lone surrogate (U+{ord(text[exc.start]):04X}), not "
+                        "valid Unicode; send UTF-8 text") from None
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,12 @@ class TextPrep:
         self.segments_made = 0  # the first segment of a request may be cut short for a fast first audio
 
     def whole(self, text: str) -> list[PreparedSegment]:
+        check_text(text)
         return self._segment(text)
 
     def feed(self, text: str) -> list[PreparedSegment]:
         """Add text; returns the segments of the sentences it completed."""
+        check_text(text)
         self.buffer += text
         sentences = split_sentences(self.buffer)
         if len(sentences) <= 1:

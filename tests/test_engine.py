@@ -160,6 +160,22 @@ def test_empty_text_rejected(engine):
         engine.submit(SpeechRequest(text="   \n"))
 
 
+def test_text_that_is_not_valid_unicode_is_refused_and_the_request_goes_on(engine):
+    """A lone surrogate (which JSON can carry as \\ud800) is refused with TextError naming `text` and the
+    character, at submit and at feed; a piecewise request keeps what it had and still ends normally."""
+    with pytest.raises(TextError, match="text: character 6 is a lone surrogate"):
+        engine.submit(SpeechRequest(text="Hello \ud800 there.", sampling=SamplingParams(greedy=True,
+                                                                                        max_semantic_tokens=8)))
+    h = engine.submit(SpeechRequest(text=None, sampling=SamplingParams(greedy=True, max_semantic_tokens=8),
+                                    return_tokens=True))
+    h.feed("Hello there.")
+    with pytest.raises(TextError, match="U\\+DFFF"):
+        h.feed(" Bad \udfff.")
+    h.end()
+    audio, done = collect(h)
+    assert done.reason == "end" and [s.text for s in done.tokens] == ["Hello there."]
+
+
 def test_fault_in_one_stream_ends_only_that_stream(engine, monkeypatch):
     """An exception in one stream's coarse step ends it with error 'internal'; a concurrent stream completes."""
     from streaming.stages.coarse import CoarseStage

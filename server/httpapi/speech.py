@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from protocol import Limits, ProtocolError, parse_params
-from protocol.wire import wire_type
+from protocol.wire import json_type, wire_type
 from streaming.constants import SAMPLE_RATE
 from streaming.engine import StreamHandle
 from streaming.events import AudioChunk, StreamDone
@@ -136,7 +136,7 @@ def parse_speech(raw: bytes, limits: Limits) -> SpeechCall:
     except RecursionError:  # arrays or objects nested thousands deep: fits the size limit, not the parser
         raise bad_field("body", "body: not valid JSON (nested too deeply)", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise bad_field("body", f"body: expected a JSON object, got {type(body).__name__}", code="invalid_json")
+        raise bad_field("body", f"body: expected a JSON object, got {json_type(body)}", code="invalid_json")
     for key in body:
         if key not in FIELDS:
             raise bad_field(key, f"{key[:40]}: unknown parameter (valid: {', '.join(FIELDS)})",

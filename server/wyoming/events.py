@@ -19,6 +19,8 @@ from typing import Any
 from wyoming.event import Event
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 
+from protocol.wire import json_type
+
 # Bark's voice-prompt languages (the v2/<lang>_speaker_<n> presets); a voice of any other name may speak
 # any of them, and so may the server's default voice.
 LANGUAGES: dict[str, str] = {
@@ -65,7 +67,7 @@ async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | No
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise Refusal("bad_field", f"data: expected a JSON object, got {_json_type(data)}")
+        raise Refusal("bad_field", f"data: expected a JSON object, got {json_type(data)}")
     data_length = _length(header, "data_length", max_bytes)
     if data_length:
         data = {**data, **_json_object(await _read_exactly(reader, data_length), "data")}
@@ -86,7 +88,7 @@ def _length(header: dict[str, Any], key: str, max_bytes: int) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Refusal("bad_field", f"{key}: expected a non-negative integer, got {_json_type(value)}")
+        raise Refusal("bad_field", f"{key}: expected a non-negative integer, got {json_type(value)}")
     if value > max_bytes:
         raise Refusal("frame_too_large", f"{key}: {value} bytes exceeds the maximum of {max_bytes}")
     return value
@@ -98,7 +100,7 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
         raise Refusal("bad_frame", f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
-        raise Refusal("bad_frame", f"{what}: expected a JSON object, got {_json_type(value)}")
+        raise Refusal("bad_frame", f"{what}: expected a JSON object, got {json_type(value)}")
     return value
 
 
@@ -112,11 +114,6 @@ def is_unicode(text: str) -> bool:
     return True
 
 
-def _json_type(value: object) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 # --- what synthesize events carry ------------------------------------------------------------------
 
 
@@ -127,7 +124,7 @@ def text_field(data: dict[str, Any], *, required: bool, max_chars: int) -> str:
         return ""
     if not isinstance(text, str):
         raise Refusal("bad_field" if text is not None else "missing_field",
-                      f"text: expected a string, got {_json_type(text)}")
+                      f"text: expected a string, got {json_type(text)}")
     if len(text) > max_chars:
         raise Refusal("text_too_long", f"text: {len(text)} characters exceeds the maximum of {max_chars}")
     if not is_unicode(text):
@@ -144,7 +141,7 @@ def voice_field(data: dict[str, Any]) -> tuple[str | None, str | None]:
     if voice is None:
         return None, None
     if not isinstance(voice, dict):
-        raise Refusal("bad_field", f"voice: expected an object with a name, got {_json_type(voice)}")
+        raise Refusal("bad_field", f"voice: expected an object with a name, got {json_type(voice)}")
     name, language = voice.get("name"), voice.get("language")
     for key, value in (("name", name), ("language", language)):
         if value is not None and (not isinstance(value, str) or not value or len(value) > 128):
@@ -156,7 +153,7 @@ def check_text_format(data: dict[str, Any]) -> None:
     """Only plain text: Bark reads SSML tags aloud."""
     fmt = data.get("text_format")
     if fmt is not None and fmt != "text":
-        shown = repr(fmt[:20]) if isinstance(fmt, str) else _json_type(fmt)
+        shown = repr(fmt[:20]) if isinstance(fmt, str) else json_type(fmt)
         raise Refusal("bad_field", f"text_format: {shown} is not supported (plain text only)")
 
 
