@@ -117,8 +117,9 @@ def request_keys(request: Request) -> list[str]:
 
 
 def origin_allowed(request: Request, allowed: tuple[str, ...]) -> bool:
-    """True with no allow-list, with no Origin header (not a browser), or with an exact listed Origin."""
-    if not allowed:
+    """True with no allow-list or one holding "*", with no Origin header (not a browser), or with an exact
+    listed Origin."""
+    if not allowed or "*" in allowed:
         return True
     origins = request.headers.get_all("Origin")
     if not origins:

@@ -169,3 +169,69 @@ def test_without_the_key_the_page_says_so(browser: object, server: ServerThread)
                            timeout=30_000)
     assert "?token=" in page.text_content("#log")
     page.close()
+
+
+# --- the HTTP API from a page on another origin (CORS) --------------------------------------------------------
+
+
+class _BlankSite:
+    """A page on its own origin (http://127.0.0.1:PORT), standing in for a browser app that calls the API."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                body = b"<!doctype html><title>app</title><p>an app on another origin</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+FETCH_SPEECH = """async ([url, key]) => {
+  try {
+    const r = await fetch(url, {method: "POST", headers: {"Authorization": "Bearer " + key,
+      "Content-Type": "application/json", "X-Stainless-Lang": "js"},
+      body: JSON.stringify({model: "tts-1", input: "Hello there.", voice: "alloy", response_format: "pcm",
+                            params: %s})});
+    const bytes = (await r.arrayBuffer()).byteLength;
+    return {status: r.status, bytes, retryAfter: r.headers.get("Retry-After")};
+  } catch (err) {
+    return {error: String(err)};
+  }
+}""" % json.dumps(PARAMS)
+
+
+def test_a_page_on_another_origin_calls_the_http_api_when_listed(browser: object, engine) -> None:  # noqa: F811
+    """Chromium's own CORS: a page on a listed origin POSTs JSON with a key (a preflighted request, as the OpenAI
+    JS SDK sends) and reads the audio; a page on an origin that is not listed cannot."""
+    allowed, other = _BlankSite(), _BlankSite()
+    srv = start_server(engine, http_port=0, api_keys=(KEY,), allowed_origins=(allowed.origin,))
+    try:
+        url = f"http://127.0.0.1:{srv.server.http_port}/v1/audio/speech"  # type: ignore[union-attr]
+        results = {}
+        for site in (allowed, other):
+            page = browser.new_page()  # type: ignore[attr-defined]
+            page.goto(site.origin + "/")
+            results[site.origin] = page.evaluate(FETCH_SPEECH, [url, KEY])
+            page.close()
+        assert results[allowed.origin]["status"] == 200 and results[allowed.origin]["bytes"] > 2_400, results
+        assert "Failed to fetch" in results[other.origin].get("error", ""), results
+    finally:
+        srv.stop()
+        allowed.close()
+        other.close()

@@ -12,7 +12,7 @@ present) and it uses the same engine, API keys, voices, limits and metrics:
 one `ServerContext`. Every limit has its HTTP form: input size, body size, a
 request rate per client address, requests in flight (all clients, per address,
 per API key), open connections (connections.py), the engine's queue (503 +
-Retry-After), and a stalled reader.
+Retry-After), and a stalled reader. Browser pages on other origins: cors.py.
 A client that disconnects cancels its generation: aiohttp cancels the handler
 (`handler_cancellation=True`) and the handler cancels the engine stream.
 """
@@ -39,6 +39,7 @@ from ..context import ServerContext
 from ..limits import RateLimiter
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .connections import ConnectionCap
+from .cors import Cors
 from .errors import ApiError, bad_field, rate_limited, unauthorised, unavailable
 from .speech import SpeechCall, SpeechStream, parse_speech
 
@@ -108,6 +109,7 @@ class HttpApi:
         self._rates: dict[str, RateLimiter] = {}
         self._rate_seen: dict[str, float] = {}
         self._auth_warning = RateLimitedWarning(log)
+        self._cors = Cors(ctx.config.allowed_origins)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class HttpApi:
         limits = self._ctx.config.limits
         # a JSON body of max_request_chars characters: at most 6 bytes each (\uXXXX escapes), plus the fields
         app = web.Application(client_max_size=6 * limits.max_request_chars + 16_384, middlewares=[self._guard])
+        app.on_response_prepare.append(self._cors.on_prepare)
         app.router.add_post("/v1/audio/speech", self._speech, name="speech")
         app.router.add_get("/v1/models", self._models, name="models")
         app.router.add_get("/v1/models/{model}", self._model, name="model")
@@ -171,6 +174,15 @@ class HttpApi:
         """Keys for /v1/* (and /metrics unless public); every refusal in OpenAI's error shape; counted."""
         route = request.match_info.route.name or "unmatched"
         try:
+            refusal = self._cors.refusal(request)
+            if refusal is not None:
+                self._ctx.metrics.refuse("origin")
+                raise refusal
+            preflight = self._cors.preflight(request)
+            if preflight is not None and isinstance(request.match_info.http_exception,
+                                                    (type(None), web.HTTPMethodNotAllowed)):
+                self._ctx.metrics.http_response("preflight", preflight.status)
+                return preflight  # (no key: browsers send none with a preflight)
             if (request.path.startswith("/v1/") or (route == "metrics" and not self._ctx.config.public_metrics)) \
                     and not self._keys.allows(_Credentials(request)):  # type: ignore[arg-type]
                 self._ctx.metrics.refuse("auth")
