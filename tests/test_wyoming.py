@@ -9,7 +9,6 @@ Wyoming requests carry no sampling parameters, so the test server caps them with
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -381,16 +380,7 @@ def test_config_checks_the_wyoming_options() -> None:
     assert ServerConfig(wyoming_port=10200, wyoming_host="0.0.0.0", wyoming_zeroconf="kitchen").wyoming_zeroconf == "kitchen"
 
 
-@pytest.fixture()
-def quiet_websockets_restored() -> Iterator[None]:
-    """server's main() quiets the websockets logger (as the CLI should); tests after this one must not inherit it."""
-    logger = logging.getLogger("websockets")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
-def test_cli_refuses_bad_wyoming_params(capsys: pytest.CaptureFixture[str], quiet_websockets_restored: None) -> None:
+def test_cli_refuses_bad_wyoming_params(capsys: pytest.CaptureFixture[str]) -> None:
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "[1, 2]"]) == 2
     assert "--wyoming-params: expected a JSON object" in capsys.readouterr().err
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "{\"greedy\": 1}"]) == 2
