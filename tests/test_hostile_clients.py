@@ -79,6 +79,14 @@ def test_http_json_nested_too_deep_is_a_400_not_a_500(srv, errors) -> None:
     assert not errors()
 
 
+def test_http_a_number_of_thousands_of_digits_is_a_400_in_our_words(srv, errors) -> None:
+    body = b'{"model": "tts-1", "input": "Hello.", "speed": ' + b"9" * 5_000 + b"}"
+    answer = post(srv, body)
+    assert_error(answer, 400, "body", "invalid_json")
+    assert "more digits" in answer[1]["error"]["message"] and "sys." not in answer[1]["error"]["message"]
+    assert not errors()
+
+
 def test_http_lone_surrogate_is_a_400_naming_the_field(srv, errors) -> None:
     for field in ("input", "model"):
         body = json.dumps({**BODY, field: "\ud800 hello"}).encode()  # json.dumps writes the \ud800 escape

@@ -132,7 +132,10 @@ def parse_speech(raw: bytes, limits: Limits) -> SpeechCall:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_field("body", f"body: not valid JSON ({exc})", code="invalid_json") from None
+        reason = str(exc)
+        if "integer string conversion" in reason:  # Python's own message names a Python setting
+            reason = "a number has more digits than any field accepts"
+        raise bad_field("body", f"body: not valid JSON ({reason})", code="invalid_json") from None
     except RecursionError:  # arrays or objects nested thousands deep: fits the size limit, not the parser
         raise bad_field("body", "body: not valid JSON (nested too deeply)", code="invalid_json") from None
     if not isinstance(body, dict):
