@@ -104,16 +104,6 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def is_unicode(text: str) -> bool:
-    """False for a string holding a lone surrogate (JSON's "\\ud800" decodes to one), which the tokenizer refuses
-    with a TypeError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 # --- what synthesize events carry ------------------------------------------------------------------
 
 
@@ -127,8 +117,6 @@ def text_field(data: dict[str, Any], *, required: bool, max_chars: int) -> str:
                       f"text: expected a string, got {json_type(text)}")
     if len(text) > max_chars:
         raise Refusal("text_too_long", f"text: {len(text)} characters exceeds the maximum of {max_chars}")
-    if not is_unicode(text):
-        raise Refusal("bad_field", "text: not valid Unicode (a lone surrogate such as \\ud800)")
     if required and not text.strip():
         raise Refusal("bad_field", "text: must not be empty or only whitespace")
     return text
