@@ -77,25 +77,25 @@ class KeySet:
         return found
 
 
+def is_trusted_proxy(address: str, trusted: tuple[str, ...]) -> bool:
+    """True when `address` is in one of the `trusted` addresses or networks (--trusted-proxy)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(t, strict=False) for t in trusted)
+
+
 def client_address(peer: str, forwarded: list[str], trusted: tuple[str, ...]) -> str:
     """The real client address: the peer, unless the peer is a trusted proxy, then the rightmost address of
     X-Forwarded-For that is not itself a trusted proxy (entries further left are the client's to forge)."""
-    import ipaddress
-
-    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.strip().strip("[]"))
-        except ValueError:
-            return False
-        return any(ip in net for net in networks)
-
-    if not networks or not is_trusted(peer):
+    if not trusted or not is_trusted_proxy(peer, trusted):
         return peer
     chain = [a.strip() for value in forwarded for a in value.split(",") if a.strip()]
     for address in reversed(chain):
-        if not is_trusted(address):
+        if not is_trusted_proxy(address, trusted):
             return address.strip("[]")
     return peer
 

@@ -64,11 +64,12 @@ class _Credentials:
 
 
 class _CappedRunner(web.AppRunner):
-    """aiohttp's runner whose listeners open at most `limit` connections at once (ConnectionCap)."""
+    """aiohttp's runner whose listeners open connections within `cap`'s limits (ConnectionCap)."""
 
-    def __init__(self, app: web.Application, limit: int, on_refuse: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, cap: Callable[[Callable[[], Any]], ConnectionCap],
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
-        self._limit, self._on_refuse = limit, on_refuse
+        self._make_cap = cap
         self._cap: ConnectionCap | None = None
 
     @property
@@ -77,7 +78,7 @@ class _CappedRunner(web.AppRunner):
         if inner is None:
             return None
         if self._cap is None:
-            self._cap = ConnectionCap(inner, self._limit, self._on_refuse)
+            self._cap = self._make_cap(inner)
         return self._cap
 
 
@@ -132,9 +133,12 @@ class HttpApi:
         # aiohttp keeps a connection with no request (or half a request head) for an hour by default: the idle
         # timeout closes it, as on the WebSocket port, so such connections cannot fill --http-max-connections
         idle = {} if cfg.idle_timeout is None else {"keepalive_timeout": cfg.idle_timeout}
-        self._runner = _CappedRunner(self.app(), cfg.http_max_connections,
-                                     lambda: self._ctx.metrics.refuse("http_connections"),
-                                     handler_cancellation=True, access_log=None, logger=_ParseErrorLog(log), **idle)
+        def cap(make: Callable[[], Any]) -> ConnectionCap:
+            return ConnectionCap(make, cfg.http_max_connections, self._ctx.metrics.refuse,
+                                 per_address=cfg.max_connections_per_ip, trusted=cfg.trusted_proxies)
+
+        self._runner = _CappedRunner(self.app(), cap, handler_cancellation=True, access_log=None,
+                                     logger=_ParseErrorLog(log), **idle)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout,
                                  ssl_context=ssl_context)

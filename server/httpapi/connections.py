@@ -1,77 +1,124 @@
-"""Open connections to the HTTP port, capped.
+"""Open connections to the HTTP port, capped: all of them, and per client address.
 
 aiohttp bounds what one connection may send (head sizes, body size) and how long it may sit without a request
 (its keep-alive timer, which also runs before the first request), but not how many connections are open at
 once: a client opening thousands of idle or slowly-sending connections would exhaust the process's file
-descriptors, which the WebSocket and Wyoming listeners share. `ConnectionCap` is the listener's protocol
-factory: up to `limit` connections are served by aiohttp's own handler; one more gets a 503 in OpenAI's error
-shape with `Retry-After` and is closed, as the WebSocket port answers past `--max-connections`.
+descriptors, which the WebSocket and Wyoming listeners share, and lock every other client out of the HTTP port.
+`ConnectionCap` is the listener's protocol factory. Up to `limit` connections are served by aiohttp's own
+handler; one more gets a 503 in OpenAI's error shape with `Retry-After` and is closed, as the WebSocket port
+answers past `--max-connections`. With `per_address` (`--max-connections-per-ip`), one client address may hold
+at most that many: one more gets 429. A trusted proxy's connections (`--trusted-proxy`) are not counted per
+address: they carry many clients, told apart only by X-Forwarded-For, per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 
-from .errors import unavailable
+from ..auth import is_trusted_proxy
+from .errors import ApiError, rate_limited, unavailable
 
-LINGER_S = 0.25  # after the 503: how long to read and drop what the peer already sent before closing
+LINGER_S = 0.25  # after a refusal: how long to read and drop what the peer already sent before closing
 LINGER_BYTES = 1 << 16
 
 
 class ConnectionCap:
-    """Protocol factory for the HTTP listener: `make()` (aiohttp's handler factory) for up to `limit` open
-    connections, a refusal for the rest; `on_refuse()` is called for each refusal (metrics)."""
+    """Protocol factory for the HTTP listener: `make()` (aiohttp's handler factory) for the connections within
+    the caps, a refusal for the rest; `on_refuse(reason)` counts each refusal (metrics)."""
 
-    def __init__(self, make: Callable[[], asyncio.Protocol], limit: int, on_refuse: Callable[[], None]) -> None:
+    def __init__(self, make: Callable[[], asyncio.Protocol], limit: int, on_refuse: Callable[[str], None],
+                 per_address: int | None = None, trusted: tuple[str, ...] = ()) -> None:
         self._make, self.limit, self._on_refuse = make, limit, on_refuse
+        self._per_address, self._trusted = per_address, trusted
         self.open = 0
+        self.by_address: Counter[str] = Counter()
 
     def __call__(self) -> asyncio.Protocol:
+        return _Counted(self)
+
+    def admit(self, address: str) -> tuple[asyncio.Protocol | None, str | None]:
+        """(aiohttp's handler, the address counted against) for a connection within the caps, else
+        (a refusal, None)."""
         if self.open >= self.limit:
-            self._on_refuse()
-            return _Refusal(self.limit)
+            self._on_refuse("http_connections")
+            return _Refusal(unavailable(f"the HTTP API has its maximum of {self.limit} open connections "
+                                        "(--http-max-connections); retry later", 1)), None
+        counted = None
+        if self._per_address is not None and not is_trusted_proxy(address, self._trusted):
+            if self.by_address[address] >= self._per_address:
+                self._on_refuse("per_ip")
+                return _Refusal(rate_limited(f"your address has {self._per_address} open connections to the HTTP "
+                                             "API (--max-connections-per-ip); reuse one or close one", 1)), None
+            counted = address
+            self.by_address[address] += 1
         self.open += 1
-        return _Counted(self._make(), self)
+        return self._make(), counted
+
+    def release(self, counted: str | None) -> None:
+        self.open -= 1
+        if counted is not None:
+            self.by_address[counted] -= 1
+            if not self.by_address[counted]:
+                del self.by_address[counted]
 
 
 class _Counted(asyncio.Protocol):
-    """aiohttp's handler for one connection, counted until the connection is lost."""
+    """One connection: aiohttp's handler when the caps admit it (counted until the connection is lost), else a
+    refusal. The decision waits for connection_made, which knows the peer's address."""
 
-    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
-        self._inner, self._cap = inner, cap
+    def __init__(self, cap: ConnectionCap) -> None:
+        self._cap = cap
+        self._inner: asyncio.Protocol | None = None
+        self._admitted = False
+        self._counted: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        inner, self._counted = self._cap.admit(address)
+        self._admitted = not isinstance(inner, _Refusal)
+        self._inner = inner
+        inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        assert self._inner is not None
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        assert self._inner is not None
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cap.open -= 1
-        self._inner.connection_lost(exc)
+        if self._admitted:
+            self._admitted = False
+            self._cap.release(self._counted)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
 
 class _Refusal(asyncio.Protocol):
-    """Answers 503 at once, sends FIN, and drops what the peer sends for a moment before closing (closing with
-    unread input would reset the connection before the peer read the answer)."""
+    """Answers with `error` at once, sends FIN, and drops what the peer sends for a moment before closing
+    (closing with unread input would reset the connection before the peer read the answer)."""
 
-    def __init__(self, limit: int) -> None:
-        error = unavailable(f"the HTTP API has its maximum of {limit} open connections (--http-max-connections); "
-                            "retry later", 1)
-        body = error.response().body
+    def __init__(self, error: ApiError) -> None:
+        response = error.response()
+        body = response.body
         assert isinstance(body, bytes)
-        self._answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-                        b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        reason = {429: "Too Many Requests", 503: "Service Unavailable"}.get(error.status, "Error")
+        retry = response.headers.get("Retry-After")
+        self._answer = (f"HTTP/1.1 {error.status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
+                        + (f"Retry-After: {retry}\r\n" if retry else "")
+                        + f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
         self._transport: asyncio.Transport | None = None
         self._dropped = 0
 
