@@ -28,7 +28,7 @@ from streaming.errors import ConfigError
 
 from ..context import ServerContext
 from .events import info_event
-from .session import WyomingSession
+from .session import WyomingSession, linger
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class WyomingServer:
                                        cfg.close_timeout)
             except (asyncio.TimeoutError, ConnectionError, OSError):
                 pass
+            await linger(reader, writer)  # closing on unread input would reset before the peer read the error
             writer.close()
             return
         session = WyomingSession(reader, writer, self, conn_id)

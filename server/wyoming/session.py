@@ -66,6 +66,27 @@ LINGER_S = 0.25  # after a refusal: how long to read and drop what the peer alre
 LINGER_BYTES = 1 << 20
 
 
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After a refusal: send FIN, then read and drop what the peer already sent (briefly), so that closing does
+    not reset the connection (unread input) before the peer has read the `error`."""
+    async def discard() -> None:
+        total = 0
+        while total < LINGER_BYTES:
+            data = await reader.read(65_536)
+            if not data:
+                return
+            total += len(data)
+
+    if writer.is_closing():  # the peer reset it: nothing to linger for (uvloop raises on write_eof)
+        return
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        await asyncio.wait_for(discard(), LINGER_S)
+    except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
+        pass
+
+
 class WyomingSession:
     """Serves one TCP connection until it closes; `run()` returns once its engine streams are released."""
 
@@ -187,24 +208,7 @@ class WyomingSession:
         self._close_transport()
 
     async def _linger(self) -> None:
-        """After a refusal: send FIN, then read and drop what the peer already sent (briefly), so that closing does
-        not reset the connection (unread input) before the peer has read the `error`."""
-        async def discard() -> None:
-            total = 0
-            while total < LINGER_BYTES:
-                data = await self._reader.read(65_536)
-                if not data:
-                    return
-                total += len(data)
-
-        if self._writer.is_closing():  # the peer reset it: nothing to linger for (uvloop raises on write_eof)
-            return
-        try:
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
-            await asyncio.wait_for(discard(), LINGER_S)
-        except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
-            pass
+        await linger(self._reader, self._writer)
 
     async def _refuse(self, exc: Refusal) -> None:
         log.info("wyoming %s: refused: %s: %s", self.conn_id, exc.code, exc.message)
