@@ -377,13 +377,7 @@ def test_connections_past_http_max_connections_get_503_and_the_rest_are_served(e
     request = _raw_get
     try:
         port = srv.server.http_port
-        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
-            answer = request(third, "/v1/models")
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), answer[:200]
-        assert b"\r\nRetry-After: 1\r\n" in head
-        error = json.loads(body)["error"]
+        held, error = _one_past_the_cap(port, 503)
         assert error["code"] == "overloaded" and "--http-max-connections" in error["message"], error
         assert srv.metric("bark_handshakes_refused_total", 'reason="http_connections"') == 1
         for sock in held:  # the connections already open are served
@@ -400,6 +394,20 @@ def test_connections_past_http_max_connections_get_503_and_the_rest_are_served(e
         held[0].close()
     finally:
         srv.stop()
+
+
+def _one_past_the_cap(port: int, status: int) -> tuple[list[Any], dict[str, Any]]:
+    """Open two connections and hold them, then a third that must be refused with `status` and Retry-After:
+    (the two held sockets, the third's OpenAI error)."""
+    import socket
+
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
+        answer = _raw_get(third, "/v1/models")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+    assert b"\r\nRetry-After: 1\r\n" in head
+    return held, json.loads(body)["error"]
 
 
 def _raw_get(sock: Any, target: str = "/healthz") -> bytes:
@@ -422,14 +430,7 @@ def test_connections_per_address_are_capped_except_a_trusted_proxys(engine: Engi
 
     srv = start_server(engine, http_port=0, max_connections_per_ip=2)
     try:
-        port = srv.server.http_port
-        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as third:
-            answer = _raw_get(third, "/v1/models")
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 429"), answer[:200]
-        assert b"\r\nRetry-After: 1\r\n" in head
-        error = json.loads(body)["error"]
+        held, error = _one_past_the_cap(srv.server.http_port, 429)
         assert error["code"] == "rate_limit_exceeded" and "--max-connections-per-ip" in error["message"], error
         assert srv.metric("bark_handshakes_refused_total", 'reason="per_ip"') == 1
         assert all(_raw_get(sock).startswith(b"HTTP/1.1 200") for sock in held)
