@@ -62,6 +62,15 @@ stop_all() {  # drain the replicas through the running balancer, then stop it
   fi
 }
 trap 'stop_all; exit 0' TERM INT
+haproxy_exited() {  # HAProxy is gone: report its status (with HINT), stop the replicas, exit CODE (default: its status)
+  local hint=${1:-} code=${2:-} rc
+  wait "$HAPROXY_PID"
+  rc=$?
+  echo "haproxy exited with status $rc$hint" >&2
+  HAPROXY_PID=""
+  stop_all
+  exit "${code:-$rc}"
+}
 
 # --- replicas -------------------------------------------------------------------------------------------
 for ((i = 1; i <= N; i++)); do
@@ -120,14 +129,7 @@ for ((t = 0; t < 100; t++)); do  # until the frontend accepts connections (at mo
   kill -0 "$HAPROXY_PID" 2>/dev/null || break
   sleep 0.1 & wait $!
 done
-if ! kill -0 "$HAPROXY_PID" 2>/dev/null; then
-  wait "$HAPROXY_PID"
-  rc=$?
-  echo "haproxy exited with status $rc (port $PORT in use?)" >&2
-  HAPROXY_PID=""
-  stop_all
-  exit 1
-fi
+kill -0 "$HAPROXY_PID" 2>/dev/null || haproxy_exited " (port $PORT in use?)" 1
 echo "haproxy pid $HAPROXY_PID port $PORT"
 
 # --- foreground: report replicas that exit, stop when HAProxy does ---------------------------------------
@@ -141,12 +143,5 @@ while :; do
       EXITED[i-1]=1
     fi
   done
-  if ! kill -0 "$HAPROXY_PID" 2>/dev/null; then
-    wait "$HAPROXY_PID"
-    rc=$?
-    echo "haproxy exited status $rc" >&2
-    HAPROXY_PID=""
-    stop_all
-    exit "$rc"
-  fi
+  kill -0 "$HAPROXY_PID" 2>/dev/null || haproxy_exited ""
 done

@@ -127,6 +127,15 @@ class Cluster:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        """On a failure the logs are printed (pytest shows them); the processes are killed either way."""
+        if kind is not None:
+            print(self.dump())
+        self.kill()
+
     def dump(self) -> str:
         logs = [f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(self.dir.glob("*.log"))]
         return "\n".join(["--- stdout", *self.log, *logs])
@@ -173,8 +182,7 @@ def test_cluster_spreads_streams_and_drains_a_replica_without_failures(tmp: Path
     """2 replicas behind HAProxy: 16 concurrent streams reach both; then 8 more run while replica 1 gets
     SIGTERM, 2 more start during its drain, and 2 clients connected to replica 1 directly send theirs: replica
     1 finishes what it had and exits 0, everything new goes to replica 2, and every request ends with `done`."""
-    cluster = Cluster(tmp, 2, "--max-streams", "8", "--drain-timeout", "120")
-    try:
+    with Cluster(tmp, 2, "--max-streams", "8", "--drain-timeout", "120") as cluster:
         assert cluster.health(1)[0] == 200 and cluster.health(2)[0] == 200
 
         async def spread() -> list[Done]:
@@ -250,18 +258,12 @@ def test_cluster_spreads_streams_and_drains_a_replica_without_failures(tmp: Path
               f"{busy[1]} connection(s) streaming on replica 1 at SIGTERM, replica 1 exited {drain_s:.1f} s after "
               f"SIGTERM, {retried} request(s) retried by clients, 0 failures")
         assert cluster.stop() == 0
-    except BaseException:
-        print(cluster.dump())
-        raise
-    finally:
-        cluster.kill()
 
 
 def test_a_full_replica_is_skipped(tmp: Path) -> None:
     """Replica 1's only 2 slots held by a direct connection: streams through HAProxy all land on replica 2
     (its 503 is retried elsewhere by HAProxy), and a client given both URLs moves to replica 2 by itself."""
-    cluster = Cluster(tmp, 2, "--max-streams", "2", "--max-streams-per-connection", "2")
-    try:
+    with Cluster(tmp, 2, "--max-streams", "2", "--max-streams-per-connection", "2") as cluster:
         async def go() -> tuple[list[Done], str, Done]:
             filler = await RawClient.connect(cluster.replica_url(1))
             for rid in ("f1", "f2"):
@@ -288,11 +290,6 @@ def test_a_full_replica_is_skipped(tmp: Path) -> None:
         assert cluster.metric(2, "bark_requests_total") == 5
         assert cluster.metric(1, "bark_handshakes_refused_total", 'reason="full"') >= 1
         assert cluster.stop() == 0
-    except BaseException:
-        print(cluster.dump())
-        raise
-    finally:
-        cluster.kill()
 
 
 def test_tls_at_haproxy_and_the_real_client_address(tmp: Path) -> None:
@@ -305,8 +302,7 @@ def test_tls_at_haproxy_and_the_real_client_address(tmp: Path) -> None:
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
     trust = ssl.create_default_context()
     ca.configure_trust(trust)
-    cluster = Cluster(tmp, 1, "--max-connections-per-ip", "1", env={"BARK_CLUSTER_CERT": str(pem)})
-    try:
+    with Cluster(tmp, 1, "--max-connections-per-ip", "1", env={"BARK_CLUSTER_CERT": str(pem)}) as cluster:
         wss = f"wss://127.0.0.1:{cluster.port}/v1/stream"
         with urllib.request.urlopen(f"https://127.0.0.1:{cluster.port}/healthz", context=trust, timeout=10) as r:
             assert r.status == 200 and json.loads(r.read())["reason"] is None
@@ -328,11 +324,6 @@ def test_tls_at_haproxy_and_the_real_client_address(tmp: Path) -> None:
         log = (cluster.dir / "replica-1.log").read_text()
         assert "127.0.0.2" in log and "127.0.0.3" in log
         assert cluster.stop() == 0
-    except BaseException:
-        print(cluster.dump())
-        raise
-    finally:
-        cluster.kill()
 
 
 def test_local_cluster_usage_and_a_replica_that_cannot_start(tmp: Path) -> None:
