@@ -31,8 +31,8 @@ import torch
 from .bark import segment_history, segment_seed
 from .codec import DEFAULT_DECODER, ChunkSchedule
 from .constants import SAMPLE_RATE
-from .errors import BarkStreamError, ConfigError, ErrorCode, TextError
-from .events import SegmentTokens, StreamDone
+from .errors import BarkStreamError, ConfigError, EngineOverloaded, ErrorCode, TextError
+from .events import EngineSnapshot, SegmentTokens, StreamDone
 from .models.bundle import BarkModels
 from .params import SamplingParams
 from .sampling import make_generator
@@ -58,14 +58,6 @@ class EngineCounters:
     ticks: int = 0  # ticks that ran at least one batch
     batches: int = 0  # batched stage actions (model calls and bookkeeping passes)
     model_calls: int = 0  # batched stage actions that called a model
-
-
-class EngineOverloaded(BarkStreamError):
-    """The admission queue is full; try again after `retry_after_ms`."""
-
-    def __init__(self, message: str, retry_after_ms: int) -> None:
-        super().__init__(message)
-        self.retry_after_ms = retry_after_ms
 
 
 @dataclass(frozen=True)
@@ -95,13 +87,6 @@ class EngineConfig:
             raise ConfigError(f"coarse_prefix_slots: must be >= 0 or None, got {self.coarse_prefix_slots}")
         if self.segment_overlap < 0:
             raise ConfigError(f"segment_overlap: must be >= 0, got {self.segment_overlap}")
-
-
-@dataclass(frozen=True)
-class EngineSnapshot:
-    active: int  # streams being advanced
-    queued: int  # streams waiting for admission
-    paused: int  # active streams paused by their consumer
 
 
 class Engine:

@@ -71,3 +71,13 @@ class WeightsError(BarkStreamError):
     """Model weights could not be found, downloaded or read."""
 
     code = ErrorCode.INTERNAL  # the server's fault, not the request's
+
+
+class EngineOverloaded(BarkStreamError):
+    """The admission queue is full; try again after `retry_after_ms`."""
+
+    code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms

@@ -90,4 +90,13 @@ class StreamDone:
     tokens: list[SegmentTokens] | None = None  # per segment, if the request set return_tokens
 
 
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """The engine's occupancy at one moment."""
+
+    active: int  # streams being advanced
+    queued: int  # streams waiting for admission
+    paused: int  # active streams paused by their consumer
+
+
 Event = AudioChunk | SegmentSpan | StreamDone
