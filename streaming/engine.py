@@ -32,7 +32,7 @@ from .bark import segment_history, segment_seed
 from .codec import DEFAULT_DECODER, ChunkSchedule
 from .constants import SAMPLE_RATE
 from .errors import BarkStreamError, ConfigError, EngineOverloaded, ErrorCode, TextError
-from .events import EngineSnapshot, SegmentTokens, StreamDone
+from .events import EngineSnapshot, Event, SegmentTokens, StreamDone
 from .models.bundle import BarkModels
 from .params import SamplingParams
 from .sampling import make_generator
@@ -147,8 +147,12 @@ class Engine:
         logger.info("engine warm-up took %.2f s", seconds)
         return seconds
 
-    def submit(self, request: SpeechRequest, *, loop: asyncio.AbstractEventLoop | None = None) -> StreamHandle:
+    def submit(self, request: SpeechRequest, *, loop: asyncio.AbstractEventLoop | None = None,
+               sink: Callable[[int, Event], None] | None = None) -> StreamHandle:
         """Queue a request; returns its handle. Raises TextError, EngineOverloaded.
+
+        `sink(stream_id, event)`, if given, receives the stream's events on the engine thread
+        instead of the handle's queues (it must not block); the engine process uses it.
 
         A whole text is segmented and tokenised here, in the calling thread (servers call
         this from a worker thread): the engine thread never does work sized by the caller.
@@ -165,7 +169,7 @@ class Engine:
                     f"engine: admission queue is full ({self.config.max_queue} waiting)",
                     retry_after_ms=self._retry_after_ms())
             self._next_id += 1
-            handle = StreamHandle(self._next_id, request, self._wake, loop, prep)
+            handle = StreamHandle(self._next_id, request, self._wake, loop, prep, sink)
             handle.ready = prepared
             stream = Stream(handle=handle, submitted=time.perf_counter(), overlap=self.config.segment_overlap)
             self._queue.append(stream)

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Callable, Iterator
 
 import numpy as np
 
@@ -49,12 +49,14 @@ class StreamHandle:
     """The caller's end of a stream: send text and controls, receive events."""
 
     def __init__(self, stream_id: int, request: SpeechRequest, wake: threading.Condition,
-                 loop: asyncio.AbstractEventLoop | None = None, prep: TextPrep | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, prep: TextPrep | None = None,
+                 sink: Callable[[int, Event], None] | None = None) -> None:
         self.id = stream_id
         self.request = request
         self._wake = wake
         self._lock = threading.Lock()
         self._loop = loop
+        self._sink = sink  # receives (id, event) instead of the queues (the engine process's writer)
         self._aqueue: asyncio.Queue[Event] | None = asyncio.Queue() if loop is not None else None
         self._queue: queue.Queue[Event] = queue.Queue()
         self._prep = prep  # segments text in the calling thread (None: the handle takes no text)
@@ -117,7 +119,9 @@ class StreamHandle:
     # ---- events (engine thread -> caller) -------------------------------------------
     def emit(self, event: Event) -> None:
         """Called by the engine thread."""
-        if self._aqueue is not None and self._loop is not None:
+        if self._sink is not None:  # must not block: it runs on the engine thread
+            self._sink(self.id, event)
+        elif self._aqueue is not None and self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self._aqueue.put_nowait, event)
             except RuntimeError:  # the caller's loop is closed: nobody is listening
