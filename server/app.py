@@ -17,26 +17,24 @@ from __future__ import annotations
 import asyncio
 import time
 import itertools
-import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from streaming.bundle import load_engine
-from streaming.threads import serial_main_thread
-from streaming.engine import Engine, EngineConfig
-
 from .auth import SERVER_LOGGERS, KeySet, RateLimitedWarning, client_address, origin_allowed, secret_free_logger
 from .guard import ReadBudget, guarded_connection
 from .config import ServerConfig
-from .context import ServerContext
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .enginelink import EngineLink, LocalEngine
 from .metrics import ServerMetrics
+from .probes import PATHS as PROBE_PATHS
+from .probes import Probes
 from protocol import PATH, ProtocolError, encode_server_message, ready_message
+from .requests import RequestLayer
 from .voices import VoiceCatalog, active_aliases
 from .session import Session
 from .httpapi import HttpApi
@@ -45,34 +43,44 @@ from .wyoming import WyomingServer
 
 log = logging.getLogger(__name__)
 
-ENGINE_POLL_S = 0.2  # how often the watcher checks that the engine thread is alive
 RETRY_AFTER_S = 5  # Retry-After (seconds) on 503 answers
 
 
-def create_engine(config: ServerConfig) -> Engine:
-    """Load the models, codec, tokenizer and voices the config names (blocking; not started)."""
-    serial_main_thread()  # this loading thread must not keep an OpenMP pool that competes with the engine's
-    return load_engine(
-        model=config.model,
-        device=config.device,
-        dtype=config.dtype,
-        codec=config.codec,
-        codec_dtype=config.codec_dtype,
-        quantize=config.quantize,
-        tokenizer=config.tokenizer,
-        voices_dir=config.voices_dir,
-        local_files_only=config.offline,
-        config=EngineConfig(max_streams=config.max_streams, max_queue=config.max_queue,
-                            max_streams_per_owner=config.streams_per_connection, cuda_graphs=config.cuda_graphs,
-                            coarse_prefix_slots=config.coarse_prefix_slots),
+def engine_load_spec(config: ServerConfig) -> dict[str, Any]:
+    """What to load, as plain values: `load_engine`'s arguments plus `engine_config` (EngineConfig's fields).
+    The same spec loads the engine in this process (`create_engine`) or in the engine process."""
+    return dict(
+        model=config.model, device=config.device, dtype=config.dtype, codec=config.codec,
+        codec_dtype=config.codec_dtype, quantize=config.quantize, tokenizer=config.tokenizer,
+        voices_dir=None if config.voices_dir is None else str(config.voices_dir), local_files_only=config.offline,
+        engine_config=dict(max_streams=config.max_streams, max_queue=config.max_queue,
+                           max_streams_per_owner=config.streams_per_connection, cuda_graphs=config.cuda_graphs,
+                           coarse_prefix_slots=config.coarse_prefix_slots),
     )
 
 
-def _json_response(connection: ServerConnection, status: int, body: dict[str, Any]) -> Response:
-    response = connection.respond(status, json.dumps(body) + "\n")
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = "application/json"
-    return response
+def create_engine(config: ServerConfig):  # type: ignore[no-untyped-def] - an Engine (imports torch)
+    """Load the models, codec, tokenizer and voices the config names, in this process (blocking; not started)."""
+    from streaming.bundle import load_engine
+    from streaming.engine import EngineConfig
+    from streaming.threads import serial_main_thread
+
+    serial_main_thread()  # this loading thread must not keep an OpenMP pool that competes with the engine's
+    spec = engine_load_spec(config)
+    engine_config = EngineConfig(**spec.pop("engine_config"))
+    return load_engine(**spec, config=engine_config)
+
+
+async def start_engine(config: ServerConfig) -> EngineLink:
+    """The engine the config asks for, loaded and warmed up: its own process (engine_mode "process", the
+    default) or a thread of this one ("thread"). Raises what loading raises (WeightsError, ConfigError, ...)."""
+    if config.engine_mode == "process":
+        from .enginelink.process import EngineProcess
+
+        return await EngineProcess.start(engine_load_spec(config))
+    engine = await asyncio.to_thread(create_engine, config)
+    await asyncio.to_thread(engine.start)
+    return LocalEngine(engine)
 
 
 def _refusal(connection: ServerConnection, status: int, text: str, **headers: str) -> Response:
@@ -85,22 +93,25 @@ def _refusal(connection: ServerConnection, status: int, text: str, **headers: st
 class BarkServer:
     """Serves an already started engine; `async with` opens and closes the listening socket."""
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
-        self.engine = engine
+    def __init__(self, engine: EngineLink | Any, config: ServerConfig) -> None:
+        self.engine = engine  # as given: an EngineLink, or a started streaming.engine.Engine (tests, embedding)
+        self.link: EngineLink = engine if hasattr(engine, "info") else LocalEngine(engine)
         self.config = config
         self.metrics = ServerMetrics()
         voices = VoiceCatalog(config.voices_dir, config.offline)
         voices.discover()  # blocking, before the port opens: ready.voices lists only what loads now
         aliases = active_aliases(config.voice_aliases, voices.names)
         ready = ready_message(
-            engine.model_name, voices.names, config.limits,
+            self.link.info.model_name, voices.names, config.limits,
             extra_limits={"max_streams": config.max_streams, "max_queue": config.max_queue,
                           "max_messages_per_s": int(config.max_messages_per_s),
                           "max_buffer_ms": int(config.max_buffer_s * 1000)},
             voice_aliases=aliases,
         )
-        self._ctx = ServerContext(engine, config, self.metrics, encode_server_message(ready), voices,
-                                  aliases=aliases)
+        self._ready_frame = encode_server_message(ready)  # encoded once
+        self.layer = RequestLayer(self.link, config, self.metrics, voices, aliases)
+        self.probes = Probes(self.health, self._render_metrics)  # /healthz and /metrics, whichever port
+        self._probe_site: web.AppRunner | None = None  # --metrics-port
         self._keys = KeySet(config.api_keys)
         self._http: HttpApi | None = None
         self._wyoming: WyomingServer | None = None  # Home Assistant's Wyoming TTS, with --wyoming-port
@@ -128,6 +139,11 @@ class BarkServer:
         return self._http.port if self._http is not None else None
 
     @property
+    def metrics_port(self) -> int | None:
+        """The metrics listener's TCP port (None without --metrics-port)."""
+        return int(self._probe_site.addresses[0][1]) if self._probe_site is not None else None
+
+    @property
     def wyoming_port(self) -> int | None:
         """The Wyoming server's TCP port (None when --wyoming-port was not given)."""
         return self._wyoming.port if self._wyoming is not None else None
@@ -148,7 +164,7 @@ class BarkServer:
         for name in SERVER_LOGGERS:  # keys redacted and control characters escaped in every server log line
             secret_free_logger(name)
         if cfg.http_port is not None:
-            self._http = HttpApi(self._ctx, self._keys, health=self.health, render_metrics=self._render_metrics)
+            self._http = HttpApi(self.layer, self._keys, self.probes)
             try:
                 await self._http.start(cfg.host, cfg.http_port, ssl_context=tls)
             except BaseException:
@@ -158,16 +174,19 @@ class BarkServer:
                 await self._server.wait_closed()
                 raise
         if cfg.wyoming_port is not None:
-            self._wyoming = WyomingServer(self._ctx)
+            self._wyoming = WyomingServer(self.layer)
             try:
                 await self._wyoming.start()
             except BaseException:
                 self._wyoming = None
                 await self.close()
                 raise
+        if cfg.metrics_port is not None:
+            self._probe_site = await self.probes.listen(cfg.metrics_host, cfg.metrics_port,
+                                                        self.layer.admission.http)
         self._watcher = asyncio.create_task(self._watch_engine(), name="engine watcher")
         log.info("listening on %s://%s:%d%s (model %s, %s)", "ws" if tls is None else "wss", cfg.host, self.port,
-                 PATH, self.engine.model_name,
+                 PATH, self.link.info.model_name,
                  f"{len(cfg.api_keys)} API key(s)" if cfg.api_keys else "no authentication")
 
     async def drain(self, timeout: float) -> None:
@@ -176,8 +195,7 @@ class BarkServer:
         if self._server is None or self._draining:
             return
         self._draining = True  # new upgrades get 503 + Retry-After; /healthz says "draining" with 503
-        for session in self._sessions:
-            session.drain()
+        self.layer.drain()
         if self._http is not None:
             self._http.drain()
         if self._wyoming is not None:
@@ -196,8 +214,7 @@ class BarkServer:
                                                  close_code=1012))
 
     def _busy(self) -> bool:
-        return (any(s.busy for s in self._sessions) or (self._http is not None and self._http.busy)
-                or (self._wyoming is not None and self._wyoming.busy))
+        return self.layer.busy
 
     async def close(self) -> None:
         """Send `shutting_down` to every connection, close them (1001) and stop listening; safe to call twice."""
@@ -210,6 +227,10 @@ class BarkServer:
             await self._wyoming.close()
             self._wyoming = None
         await self._close_sessions(None)
+        await self.layer.close()
+        if self._probe_site is not None:
+            await self._probe_site.cleanup()
+            self._probe_site = None
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -235,10 +256,10 @@ class BarkServer:
         await self.close()
 
     async def _watch_engine(self) -> None:
-        """Poll the engine thread; when it dies, close every connection with 1011 and set engine_failed."""
-        while self.engine.healthy:
-            await asyncio.sleep(ENGINE_POLL_S)  # a liveness poll: the engine has no death callback
-        log.critical("engine thread died: closing %d connection(s) with 1011", len(self._sessions))
+        """Wait for the engine's death; then close every connection with 1011 and set engine_failed (its
+        requests in flight have each had `error` internal and `done` from the engine link)."""
+        await self.link.wait_failed()
+        log.critical("the engine died: closing %d connection(s) with 1011", len(self._sessions))
         self.engine_failed.set()
         await self._close_sessions(ProtocolError("internal", "the engine failed; the server will restart",
                                                  fatal=True, close_code=1011))
@@ -246,29 +267,40 @@ class BarkServer:
     # --- HTTP ----------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        """Answer /healthz and /metrics; check key, origin and capacity before /v1/stream upgrades."""
+        """Every request passes the per-address limiter first; then answer /healthz and /metrics, and check
+        key, origin and capacity before /v1/stream upgrades."""
+        address = self._client_address(connection, request)
+        if not self.layer.admission.http_request(address, time.monotonic()):
+            self.metrics.refuse("http_rate")
+            return _refusal(connection, 429, f"more than {self.config.http_limit_per_s:g} HTTP requests per second "
+                            "from your address; slow down", Retry_After="1")
         try:
             path = urlsplit(request.path).path
         except ValueError:  # e.g. "//[": not a URL at all
             self.metrics.refuse("bad_request")
             return _refusal(connection, 400, "malformed request target")
         if path == PATH:
-            return self._admit(connection, request)
-        if path == "/healthz":
-            return self._healthz(connection)
-        if path == "/metrics":
-            if not self.config.public_metrics and not self._keys.allows(request):
-                return self._unauthorised(connection, "/metrics")
-            response = connection.respond(200, self._render_metrics())
+            return self._admit(connection, request, address)
+        if path == "/metrics" and not self.config.public_metrics and not self._keys.allows(request):
+            return self._unauthorised(connection, "/metrics")
+        if path in PROBE_PATHS:
+            status, headers, body = self.probes.answer(path)
+            response = connection.respond(status, body)
             del response.headers["Content-Type"]
-            response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+            for name, value in headers.items():
+                response.headers[name] = value
             return response
         page = self._web.respond(connection, path) if self._web is not None else None
         if page is not None:
             return page
         return connection.respond(404, f"not found: {path[:100]} (try {PATH}, /healthz or /metrics)\n")
 
-    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _client_address(self, connection: ServerConnection, request: Request) -> str:
+        """The real client: the peer, or what a trusted proxy's X-Forwarded-For names."""
+        peer = str(connection.remote_address[0]) if connection.remote_address else ""
+        return client_address(peer, request.headers.get_all("X-Forwarded-For"), self.config.trusted_proxies)
+
+    def _admit(self, connection: ServerConnection, request: Request, address: str) -> Response | None:
         cfg = self.config
         if not self._keys.allows(request):
             return self._unauthorised(connection, PATH)
@@ -276,12 +308,12 @@ class BarkServer:
             self.metrics.refuse("origin")
             log.warning("refused a connection from %s: origin not allowed", connection.remote_address)
             return _refusal(connection, 403, "origin not allowed")
-        if self._draining or self.engine_failed.is_set():
+        if self._draining or not self.link.healthy:
             self.metrics.refuse("unavailable")
             return _refusal(connection, 503, "the server is stopping", Retry_After=str(RETRY_AFTER_S))
         self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
         for gone in [c for c in self._address if c not in self._admitted]:
-            self._address.pop(gone, None)
+            self.layer.admission.disconnect(self._address.pop(gone))
             self._key_of.pop(gone, None)
         if cfg.refuse_when_full and self._engine_full():
             self.metrics.refuse("full")  # a balancer (HAProxy `retry-on 503`) or the client tries another replica
@@ -292,14 +324,10 @@ class BarkServer:
             log.warning("refused a connection: %d open (max_connections)", len(self._admitted))
             return _refusal(connection, 503, f"too many connections (max {cfg.max_connections})",
                             Retry_After=str(RETRY_AFTER_S))
-        address = client_address(str(connection.remote_address[0]) if connection.remote_address else "",
-                                  request.headers.get_all("X-Forwarded-For"), cfg.trusted_proxies)
-        if cfg.max_connections_per_ip is not None:
-            open_here = sum(1 for a in self._address.values() if a == address)
-            if open_here >= cfg.max_connections_per_ip:
-                self.metrics.refuse("per_ip")
-                return _refusal(connection, 429, f"too many connections from your address (max "
-                                f"{cfg.max_connections_per_ip})", Retry_After=str(RETRY_AFTER_S))
+        if not self.layer.admission.connect(address):
+            self.metrics.refuse("per_ip")
+            return _refusal(connection, 429, f"too many connections from your address (max "
+                            f"{cfg.max_connections_per_ip}, every protocol counted)", Retry_After=str(RETRY_AFTER_S))
         self._admitted.add(connection)
         self._address[connection] = address
         self._key_of[connection] = self._keys.which(request) if self._keys else None
@@ -317,44 +345,19 @@ class BarkServer:
 
     def _engine_full(self) -> bool:
         """No engine slot free for a new stream: every one held, or queued for."""
-        snap = self.engine.snapshot()
+        snap = self.link.snapshot()
         return snap.active + snap.queued >= self.config.max_streams
 
-    def _full(self) -> bool:
-        """A new stream would not be accepted now. With refuse_when_full: every engine slot is taken (upgrades
-        get 503). Without: the admission queue is full too (requests get `overloaded`). Either way also when
-        max_connections are open."""
-        cfg = self.config
-        snap = self.engine.snapshot()
-        slots = cfg.max_streams + (0 if cfg.refuse_when_full else cfg.max_queue)
-        open_now = sum(1 for c in self._admitted if c.state is not State.CLOSED)
-        return snap.active + snap.queued >= slots or open_now >= cfg.max_connections
-
     def health(self) -> tuple[int, dict[str, Any]]:
-        """One JSON shape: {"status": ok|unavailable, "reason": null|draining|full|engine_failed, "model",
-        "active_streams", "queued_streams", "max_streams", "connections", "max_connections"}; 200 only when
-        new streams are accepted (balancers route on the status code; the rest is for sizing)."""
-        snap = self.engine.snapshot()
-        reason = ("engine_failed" if not self.engine.healthy else "draining" if self._draining
-                  else "full" if self._full() else None)
-        body = {"status": "ok" if reason is None else "unavailable", "reason": reason,
-                "model": self.engine.model_name, "active_streams": snap.active, "queued_streams": snap.queued,
-                "max_streams": self.config.max_streams, "connections": self.metrics.connections,
-                "max_connections": self.config.max_connections}
-        return (200 if reason is None else 503), body
-
-    def _healthz(self, connection: ServerConnection) -> Response:
-        status, body = self.health()
-        response = _json_response(connection, status, body)
-        if status != 200:
-            response.headers["Retry-After"] = str(RETRY_AFTER_S)
-        return response
+        """/healthz on every port: the request layer's answer (200 only while new streams are accepted)."""
+        open_now = sum(1 for c in self._admitted if c.state is not State.CLOSED)
+        return self.layer.health(connections=self.metrics.connections,
+                                 connections_full=open_now >= self.config.max_connections)
 
     def _render_metrics(self) -> str:
-        snap = self.engine.snapshot()
-        owed = sum(s.ledger.owed_s for s in self._sessions)
-        return self.metrics.render(active_streams=snap.active, queue_depth=snap.queued,
-                                   healthy=self.engine.healthy, paused_streams=snap.paused, owed_audio_s=owed)
+        snap = self.link.snapshot()
+        return self.metrics.render(active_streams=snap.active, queue_depth=snap.queued, healthy=self.link.healthy,
+                                   paused_streams=snap.paused, owed_audio_s=self.layer.owed_audio_s)
 
     # --- WebSocket -----------------------------------------------------------------
 
@@ -364,10 +367,9 @@ class BarkServer:
         self.metrics.connection_opened()
         log.info("conn %s: open from %s (%d open)", conn_id, self._address.get(ws, ws.remote_address),
                  self.metrics.connections)
-        session = Session(ws, self._ctx, conn_id, key=self._key_of.get(ws))
+        session = Session(ws, self.layer, self._ready_frame, conn_id, address=self._address.get(ws, ""),
+                          key=self._key_of.get(ws))
         self._sessions[session] = asyncio.current_task()  # type: ignore[assignment]
-        if self._draining:
-            session.drain()
         try:
             await session.run()
         except Exception:
@@ -376,7 +378,8 @@ class BarkServer:
         finally:
             del self._sessions[session]
             self._admitted.discard(ws)
-            self._address.pop(ws, None)
+            if ws in self._address:
+                self.layer.admission.disconnect(self._address.pop(ws))
             self._key_of.pop(ws, None)
             self.metrics.connection_closed()
             log.info("conn %s: closed (code %s, %d open)", conn_id, ws.close_code, self.metrics.connections)

@@ -23,8 +23,8 @@ from websockets.http11 import Request
 
 from streaming.errors import ConfigError
 
-SERVER_LOGGERS = ("server", "server.app", "server.session", "server.flow", "server.context", "websockets.server",
-                  "server.httpapi.api", "server.httpapi.speech", "aiohttp.server", "aiohttp.web", "aiohttp.access")
+SERVER_LOGGERS = ("server", "server.app", "server.session", "server.flow", "server.requests.layer",
+                  "server.requests.request", "websockets.server", "server.httpapi.api", "server.httpapi.speech", "aiohttp.server", "aiohttp.web", "aiohttp.access")
 KEY_HEADER = "X-API-Key"
 QUERY_KEY = "token"
 _SECRET_HEADERS = re.compile(r"^(<|>) (authorization|x-api-key|cookie|proxy-authorization): .*$", re.I)

@@ -68,6 +68,7 @@ class AudioLedger:
         self.acked_s = 0.0  # covered by an answered ping (running total)
         self.closed = False  # the connection is ending: nobody waits for credit any more
         self._changed = asyncio.Event()
+        self._progress_at: float | None = None  # loop time of the last receipt while audio is owed
 
     @property
     def owed_s(self) -> float:
@@ -84,7 +85,15 @@ class AudioLedger:
             await self._changed.wait()
 
     def queued(self, seconds: float) -> None:
+        if self.owed_s <= 1e-9 and seconds > 0:  # owing starts now
+            self._progress_at = asyncio.get_running_loop().time()
         self.queued_s += seconds
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the peer last confirmed audio while some is owed (0 when nothing is owed)."""
+        if self.owed_s <= 1e-9 or self._progress_at is None:
+            return 0.0
+        return now - self._progress_at
 
     def sent(self, seconds: float) -> None:
         self.sent_s += seconds
@@ -93,6 +102,7 @@ class AudioLedger:
         """A pong arrived for a ping written when `sent_s` was `mark`."""
         if mark > self.acked_s:
             self.acked_s = mark
+            self._progress_at = asyncio.get_running_loop().time()
             self._changed.set()
 
     def close(self) -> None:
@@ -160,11 +170,8 @@ class Watchdog:
 
     def _check(self, now: float) -> Verdict | None:
         cfg = self._cfg
-        if self._probes:
+        if self._probes:  # (audio owed and unconfirmed: the request layer's slow-consumer watcher decides)
             waited = now - self._probes[0].at
-            if self._ledger.owed_s > 1e-9 and waited > cfg.slow_consumer_timeout:
-                return Verdict("slow_consumer", f"the client has not read {self._ledger.owed_s:.1f} s of audio "
-                               f"for {waited:.1f} s (slow_consumer_timeout {cfg.slow_consumer_timeout:g} s)")
             if self._ledger.owed_s <= 1e-9 and waited > cfg.ping_timeout:
                 return Verdict("gone", "keepalive ping timeout")
         idle_since = self._idle_since()

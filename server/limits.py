@@ -43,3 +43,25 @@ class RateLimiter:
         self.refused_in_a_row += 1
         self.refused_total += 1
         return "close" if self.refused_in_a_row > self.strikes else "refuse"
+
+
+class AddressBuckets:
+    """A `RateLimiter` per client address, made on first sight; addresses whose bucket has refilled are
+    forgotten once `max_tracked` are held, so a spray of addresses costs bounded memory."""
+
+    def __init__(self, rate: float, burst: int, max_tracked: int = 4096) -> None:
+        self.rate, self.burst, self.max_tracked = rate, burst, max_tracked
+        self._buckets: dict[str, RateLimiter] = {}
+        self._seen: dict[str, float] = {}
+
+    def take(self, address: str, now: float) -> bool:
+        """Spend one token of `address`'s bucket at `now` (monotonic seconds); False when it is empty."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.max_tracked:
+                full_after = self.burst / self.rate
+                for gone in [a for a, t in self._seen.items() if now - t > full_after]:
+                    del self._buckets[gone], self._seen[gone]
+            bucket = self._buckets[address] = RateLimiter(self.rate, self.burst, 1 << 30)
+        self._seen[address] = now
+        return bucket.take(now) == "ok"

@@ -1,17 +1,15 @@
-"""One WebSocket connection: receive, send and watchdog tasks, and one pump task per request id.
+"""One WebSocket connection: the protocol-v1 adapter over the request layer.
 
-    frames ──► receive ──► engine.submit / handle.feed ...
-                                  │
-    engine handles ──► pump (per id) ──► out queue ──► send ──► frames
-                         ▲ waits for credit (AudioLedger)      │ pings
-                         └──────────── watchdog ◄── pongs ◄────┘
+    frames ──► receive ──► client.open / request.feed / flush / end / cancel      (server/requests)
+    request.events() ──► forward (per id) ──► out queue ──► send ──► frames
+                                                             │ pings
+    watchdog ◄── pongs: receipts for the audio (the layer's credit), keepalive and idle deadlines
 
-The receive task rate-limits, decodes and dispatches client messages; each pump
-turns its engine stream's events into `audio`/`segment`/`done` frames; the send
-task is the only writer of data frames. The watchdog acknowledges audio with
-pings and ends the connection when the peer stops reading, vanishes or idles.
-When any task ends, the others are cancelled and every engine stream of the
-connection is cancelled.
+The receive task rate-limits, decodes and dispatches client messages; each
+forwarder turns one request's events into `audio`/`segment`/`flushed`/`error`/`done`
+frames; the send task is the only writer of data frames. Admission, credit,
+deadlines and metrics live in the request layer. When any task ends, the others
+are cancelled and the client's requests end as disconnected.
 """
 
 from __future__ import annotations
@@ -23,14 +21,9 @@ from dataclasses import dataclass
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from streaming.engine import EngineOverloaded, SpeechRequest
-from streaming.errors import TextError
-from streaming.events import AudioChunk, SegmentSpan, StreamDone
-
-from .context import RequestState, ServerContext, engine_failure, wire_stats
-from .formats import AudioPipeline
-from .flow import AudioLedger, Verdict, Watchdog, WatchdogConfig
+from .flow import Verdict, Watchdog, WatchdogConfig
 from .limits import RateLimiter
+from .requests import Audio, Done, Flushed, Request, RequestLayer, RequestSpec, Segment
 from protocol import (
     Cancel,
     ClientMessage,
@@ -42,11 +35,10 @@ from protocol import (
     Start,
     Text,
     audio_message,
-    check_request_chars,
     decode_client_message,
     done_message,
-    flushed_message,
     encode_server_message,
+    flushed_message,
     is_valid_id,
     segment_message,
 )
@@ -55,7 +47,6 @@ from protocol.wire import unpack_map
 log = logging.getLogger(__name__)
 
 _REQUEST_MESSAGES = ("text", "flush", "end", "cancel")  # types that act on a request in flight
-SAMPLE_RATE = 24_000
 _VERDICT_CLOSE = {"slow_consumer": 1008, "idle": 1008}
 _VERDICT_CODE = {"slow_consumer": "slow_consumer", "idle": "idle_timeout"}
 
@@ -71,55 +62,74 @@ class _Close:
 _Item = tuple[bytes, float] | _Close  # (frame, seconds of audio in it) or a close
 
 
+def wire_reason(done: Done) -> str:
+    """`done.reason` on the wire: end, cancelled or error."""
+    if done.error is not None:
+        return "error"
+    return "cancelled" if done.reason in ("cancelled", "disconnected") else done.reason
+
+
 class Session:
     """Serves one connection until it closes; `run()` returns once everything it held is freed."""
 
-    def __init__(self, ws: ServerConnection, ctx: ServerContext, conn_id: str, key: int | None = None) -> None:
-        cfg = ctx.config
-        self.key = key  # index of the API key this connection authenticated with (per-key limits)
+    def __init__(self, ws: ServerConnection, layer: RequestLayer, ready_frame: bytes, conn_id: str,
+                 address: str = "", key: int | None = None) -> None:
+        cfg = layer.config
         self._ws = ws
-        self._ctx = ctx
+        self._layer = layer
+        self._ready_frame = ready_frame
         self._limits = cfg.limits
         self.conn_id = conn_id
-        self._requests: dict[str, RequestState] = {}
+        self.client = layer.client(conn_id=conn_id, address=address, key=key, owner=conn_id,
+                                   max_requests=cfg.limits.max_ids_in_flight, on_fatal=self._fatal)
+        self.ledger = self.client.ledger
+        self._forwarders: set[asyncio.Task[None]] = set()
         self._out: asyncio.Queue[_Item] = asyncio.Queue(cfg.send_queue_frames)
         self._closing = False  # a fatal error or shutdown queued a _Close
-        self._draining = False  # the server drains: new requests are refused with shutting_down
+        self._dropped = False  # the peer is being dropped: nothing more is queued for it
         self._shutdown: asyncio.Task[None] | None = None
-        self.ledger = AudioLedger(cfg.max_buffer_s)
+        self._verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._bucket = RateLimiter(cfg.max_messages_per_s, cfg.message_burst, cfg.rate_limit_strikes)
         self._last_activity = asyncio.get_running_loop().time()
 
     @property
     def busy(self) -> bool:
         """True while a request is in flight."""
-        return bool(self._requests)
+        return self.client.busy
 
     async def run(self) -> None:
-        """Send `ready`, then serve until a task ends; cancel every stream on the way out."""
-        cfg = self._ctx.config
-        self._out.put_nowait((self._ctx.ready_frame, 0.0))
+        """Send `ready`, then serve until a task ends; every request ends on the way out."""
+        cfg = self._layer.config
+        self._out.put_nowait((self._ready_frame, 0.0))
         dog = Watchdog(self._ws, self.ledger, WatchdogConfig(cfg.probe_interval, cfg.slow_consumer_timeout,
                        cfg.ping_interval, cfg.ping_timeout, cfg.idle_timeout), self.conn_id, self._idle_since)
         receiver = asyncio.create_task(self._receive(), name=f"{self.conn_id} receive")
         sender = asyncio.create_task(self._send(), name=f"{self.conn_id} send")
         watchdog = asyncio.create_task(dog.run(), name=f"{self.conn_id} watchdog")
         try:
-            await asyncio.wait((receiver, sender, watchdog), return_when=asyncio.FIRST_COMPLETED)
-            if watchdog.done() and not watchdog.cancelled() and watchdog.exception() is None:
-                await self._terminate(watchdog.result(), sender)
+            await asyncio.wait((receiver, sender, watchdog, self._verdict), return_when=asyncio.FIRST_COMPLETED)
+            verdict = self._verdict.result() if self._verdict.done() else None
+            if verdict is None and watchdog.done() and not watchdog.cancelled() and watchdog.exception() is None:
+                verdict = watchdog.result()
+            if verdict is not None:
+                await self._terminate(verdict, sender)
             elif receiver.done() and self._closing and not sender.done():
                 # A fatal error: let the send task deliver the `error` and the close frame.
                 await asyncio.wait((sender,), timeout=cfg.close_timeout)
+            for task in (receiver, sender, watchdog):  # a bug in a task: the server logs it and closes with 1011
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
         finally:
             await self._release(receiver, sender, watchdog)
 
     def _idle_since(self) -> float | None:
-        return None if self._requests else self._last_activity
+        return None if self.client.busy else self._last_activity
 
-    def drain(self) -> None:
-        """The server drains: refuse new requests with `shutting_down`; requests in flight go on."""
-        self._draining = True
+    def _fatal(self, error: ProtocolError) -> None:
+        """The request layer gave up on this client (slow consumer): drop the connection."""
+        self._dropped = True  # the requests' own errors would be noise: one error for the connection says it
+        if not self._verdict.done():
+            self._verdict.set_result(Verdict(error.code, error.message))
 
     def shutdown(self, exc: ProtocolError | None = None) -> None:
         """Queue `exc` (default `shutting_down`, 1001) and its close after the frames already queued."""
@@ -133,14 +143,14 @@ class Session:
         await self._out.put(_Close(exc.close_code or 1001, exc.code))
 
     async def _terminate(self, verdict: Verdict, sender: asyncio.Task[None]) -> None:
-        """The watchdog gave up: cancel every stream now, tell the peer why (if it can hear) and close."""
-        cfg = self._ctx.config
+        """The peer stopped reading, vanished or idled: end every request now, say why (if it can hear), close."""
+        cfg = self._layer.config
         self._closing = True
         self.ledger.close()
-        for req in self._requests.values():
-            req.handle.cancel()
+        for request in self.client.requests.values():
+            request.disconnect()
         log.warning("conn %s: %s: %s; cancelled %d request(s)", self.conn_id, verdict.kind, verdict.message,
-                    len(self._requests))
+                    len(self.client.requests))
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         code = _VERDICT_CODE.get(verdict.kind)
@@ -148,7 +158,7 @@ class Session:
             self._ws.transport.abort()
             return
         try:
-            self._ctx.metrics.error(code)
+            self._layer.metrics.error(code)
             frame = encode_server_message(ProtocolError(code, verdict.message).to_message())
             await asyncio.wait_for(self._ws.send(frame), cfg.close_timeout)
             await asyncio.wait_for(self._ws.close(_VERDICT_CLOSE[verdict.kind], code), cfg.close_timeout)
@@ -158,23 +168,14 @@ class Session:
             self._ws.transport.abort()
 
     async def _release(self, *tasks: asyncio.Task[None]) -> None:
-        """Cancel the connection's tasks and engine streams and wait until they are gone."""
-        self.ledger.close()
-        pumps = [req.pump for req in self._requests.values() if req.pump is not None]
+        """End the client's requests and the connection's tasks, and wait until they are gone."""
+        await self.client.close()
+        forwarders = list(self._forwarders)
         if self._shutdown is not None:
             tasks += (self._shutdown,)
-        for req in self._requests.values():
-            req.handle.cancel()
-            self._ctx.metrics.record_done("disconnected", None, None)  # every started request ends once
-            if self.key is not None:
-                self._ctx.key_streams[self.key] -= 1
-        if self._requests:
-            log.info("conn %s: closed with %d request(s) in flight; cancelled %s",
-                     self.conn_id, len(self._requests), ", ".join(self._requests))
-        self._requests.clear()
-        for task in (*tasks, *pumps):
+        for task in (*tasks, *forwarders):
             task.cancel()
-        await asyncio.gather(*tasks, *pumps, return_exceptions=True)
+        await asyncio.gather(*tasks, *forwarders, return_exceptions=True)
 
     # --- sending -------------------------------------------------------------------
 
@@ -194,8 +195,28 @@ class Session:
             log.debug("conn %s: send stopped, connection closed (%s)", self.conn_id, exc)
 
     async def _put_error(self, exc: ProtocolError) -> None:
-        self._ctx.metrics.error(exc.code)
+        self._layer.metrics.error(exc.code)
         await self._out.put((encode_server_message(exc.to_message()), 0.0))
+
+    async def _forward(self, request: Request) -> None:
+        """One request's events as frames, in order; `done` last."""
+        async for event in request.events():
+            if self._dropped:
+                continue
+            if isinstance(event, Audio):
+                frame = audio_message(request.id, event.seq, event.first_sample, event.data)
+                await self._out.put((encode_server_message(frame), event.seconds))
+            elif isinstance(event, Segment):
+                await self._out.put((encode_server_message(
+                    segment_message(request.id, event.text, event.start, event.end)), 0.0))
+            elif isinstance(event, Flushed):
+                await self._out.put((encode_server_message(flushed_message(request.id)), 0.0))
+            elif isinstance(event, Done):
+                self._last_activity = asyncio.get_running_loop().time()
+                if event.error is not None:
+                    await self._put_error(event.error)
+                await self._out.put((encode_server_message(
+                    done_message(request.id, wire_reason(event), event.samples, event.stats)), 0.0))
 
     # --- receiving -----------------------------------------------------------------
 
@@ -225,7 +246,7 @@ class Session:
         verdict = self._bucket.take(now)
         if verdict == "ok":
             return
-        cfg = self._ctx.config
+        cfg = self._layer.config
         msg = self._peek(frame)
         req_id = msg.get("id") if is_valid_id(msg.get("id")) else None
         fatal = verdict == "close"
@@ -239,9 +260,9 @@ class Session:
     async def _refuse(self, exc: ProtocolError, frame: bytes | str) -> None:
         """Answer a refused message; a bad text/flush/end/cancel for an id in flight ends that request."""
         log.info("conn %s: refused a message (id %s): %s: %s", self.conn_id, exc.id, exc.code, exc.message)
-        req = self._requests.get(exc.id) if exc.id is not None else None
-        if req is not None and not exc.fatal and self._peek(frame).get("type") in _REQUEST_MESSAGES:
-            self._fail(req, exc)
+        request = self.client.get(exc.id) if exc.id is not None else None
+        if request is not None and not exc.fatal and self._peek(frame).get("type") in _REQUEST_MESSAGES:
+            request.fail(exc)
             return
         await self._put_error(exc)
 
@@ -262,193 +283,31 @@ class Session:
         if isinstance(msg, (Speak, Start)):
             await self._open(msg)
             return
-        req = self._requests.get(msg.id)
-        if req is None:
+        request = self.client.get(msg.id)
+        if request is None:
             raise ProtocolError("unknown_id", f"id: {msg.id!r} is not in flight on this connection "
-                                f"({len(self._requests)} request(s) in flight)", id=msg.id)
+                                f"({len(self.client.requests)} request(s) in flight)", id=msg.id)
         if isinstance(msg, Cancel):
-            log.info("conn %s: request %s: cancel", self.conn_id, req.id)
-            req.handle.cancel()
-        elif req.failure is None:
+            request.cancel()
+        elif request.failure is None:
             try:
-                await self._apply(req, msg)
+                if isinstance(msg, Text):
+                    await request.feed(msg.text)
+                elif isinstance(msg, Flush):
+                    await request.flush()
+                else:
+                    await request.end()
             except ProtocolError as exc:
-                self._fail(req, exc)
-
-    async def _apply(self, req: RequestState, msg: Text | Flush | End) -> None:
-        """Feed a start request its text, flush or end; ProtocolError if the request cannot take it.
-
-        The handle segments and tokenises what it is given, so it runs in a worker thread:
-        neither the event loop nor the engine thread does work sized by a client's text.
-        """
-        if req.kind != "start":
-            raise ProtocolError("bad_field", f"type: {msg.TYPE} applies only to requests opened with start; "
-                                f"{req.id!r} was opened with {req.kind}", id=req.id)
-        if req.ended:
-            raise ProtocolError("bad_field", f"type: {msg.TYPE} after end for request {req.id!r}", id=req.id)
-        try:
-            if isinstance(msg, Text):
-                req.chars += len(msg.text)
-                check_request_chars(req.id, req.chars, self._limits)
-                await asyncio.to_thread(req.handle.feed, msg.text)
-            elif isinstance(msg, Flush):
-                await asyncio.to_thread(req.handle.flush)
-                await self._out.put((encode_server_message(flushed_message(req.id)), 0.0))
-            else:
-                req.ended = True
-                await asyncio.to_thread(req.handle.end)
-        except TextError as exc:
-            raise ProtocolError("bad_field", f"text: {exc}", id=req.id) from None
-
-    def _text_deadline(self, req: RequestState) -> None:
-        """A `start` request that got no text in request_text_timeout seconds fails (it would wait forever)."""
-        if req.chars == 0 and not req.ended and self._requests.get(req.id) is req:
-            self._fail(req, ProtocolError("idle_timeout", f"request {req.id!r} received no text within "
-                                          f"{self._ctx.config.request_text_timeout:g} s of its start",
-                                          id=req.id, fatal=False))
-
-    def _fail(self, req: RequestState, exc: ProtocolError) -> None:
-        """End `req` with `exc`: its pump drops further audio and sends `error` then `done(error)`."""
-        if req.failure is None:
-            log.info("conn %s: request %s fails: %s: %s", self.conn_id, req.id, exc.code, exc.message)
-            exc.id = req.id
-            req.failure = exc
-            req.handle.cancel()
+                request.fail(exc)
 
     async def _open(self, msg: Speak | Start) -> None:
-        """Check a speak/start, resolve its voice and submit it to the engine; start its pump."""
-        cfg = self._ctx.config
-        if self._draining or self._closing:
+        if self._closing:
             raise ProtocolError("shutting_down", "the server is stopping and takes no new requests; "
                                 "reconnect later", id=msg.id, fatal=False)
-        if msg.id in self._requests:
-            raise ProtocolError("duplicate_id", f"id: {msg.id!r} is already in flight on this connection",
-                                id=msg.id)
-        if len(self._requests) >= self._limits.max_ids_in_flight:
-            raise ProtocolError("too_many_ids", f"id: {msg.id!r} would be request {len(self._requests) + 1} in "
-                                f"flight; max_ids_in_flight is {self._limits.max_ids_in_flight}", id=msg.id)
-        per_key = cfg.max_streams_per_key
-        if per_key is not None and self.key is not None and self._ctx.key_streams[self.key] >= per_key:
-            raise ProtocolError("rate_limited", f"this API key has {per_key} requests in flight "
-                                "(max_streams_per_key); retry when one ends", id=msg.id)
-        voice = await self._ctx.resolve_voice(msg.voice, msg.id)
-        speech = SpeechRequest(text=msg.text if isinstance(msg, Speak) else None, voice=voice,
-                               sampling=msg.sampling, policy=msg.policy, request_id=f"{self.conn_id}/{msg.id}",
-                               owner=self.conn_id)
-        try:
-            handle = await asyncio.to_thread(self._ctx.engine.submit, speech, loop=asyncio.get_running_loop())
-        except EngineOverloaded as exc:
-            raise ProtocolError("overloaded", f"the server is full ({cfg.max_streams} streams and "
-                                f"{cfg.max_queue} queued); retry after {exc.retry_after_ms} ms",
-                                id=msg.id, retry_after_ms=int(exc.retry_after_ms)) from None
-        except TextError as exc:
-            raise ProtocolError("bad_field", f"text: {exc}", id=msg.id) from None
-        if self._closing:  # the connection went away while the text was being prepared
-            handle.cancel()
-            return
-        req = RequestState(msg.id, msg.TYPE, msg.encoding, handle, sample_rate=msg.sample_rate,
-                           pipeline=AudioPipeline(msg.encoding, msg.sample_rate))
-        self._requests[msg.id] = req
-        if self.key is not None:
-            self._ctx.key_streams[self.key] += 1
-        self._ctx.metrics.request_started()
-        req.pump = asyncio.create_task(self._pump(req), name=f"{self.conn_id} pump {msg.id}")
-        if isinstance(msg, Start) and cfg.request_text_timeout is not None:
-            asyncio.get_running_loop().call_later(cfg.request_text_timeout, self._text_deadline, req)
-        log.info("conn %s: request %s: %s accepted (stream %s, voice %s, %s at %d Hz)", self.conn_id, msg.id,
-                 msg.TYPE, handle.id, msg.voice or cfg.default_voice, msg.encoding, msg.sample_rate)
-
-    # --- per-request pump ------------------------------------------------------------
-
-    async def _pump(self, req: RequestState) -> None:
-        """Forward one engine stream's events as frames, numbering audio; always ends with `done`.
-
-        Audio goes through the request's pipeline (resampler, encoder); at a normal end what the
-        pipeline still holds (filter delay, the encoder's last frames) follows as a last chunk.
-        """
-        seq = 0
-        done: StreamDone | None = None
-        assert req.pipeline is not None
-        try:
-            async for event in req.handle:
-                if isinstance(event, StreamDone):
-                    done = event
-                    break
-                if req.failure is not None:
-                    continue
-                audio_s = 0.0
-                if isinstance(event, AudioChunk):
-                    if event.samples.size == 0:
-                        continue
-                    audio_s = event.samples.size / SAMPLE_RATE
-                    req.track_lead(asyncio.get_running_loop().time(), audio_s)
-                    self._ctx.metrics.audio_sent(audio_s)
-                    await self._wait_credit(req)
-                    out = await req.convert(event.samples)
-                    if not out.data:  # the resampler or encoder is holding it: it comes with a later chunk
-                        continue
-                    frame = encode_server_message(audio_message(req.id, seq, out.first_sample, out.data))
-                    seq += 1
-                elif isinstance(event, SegmentSpan):
-                    frame = encode_server_message(segment_message(
-                        req.id, event.text, req.scale(event.start_sample), req.scale(event.end_sample)))
-                else:
-                    continue
-                await self._put_frame(req, frame, audio_s)
-            if done is not None and done.reason == "end" and req.failure is None:
-                tail = await req.convert(None)
-                if tail.data:
-                    await self._put_frame(req, encode_server_message(
-                        audio_message(req.id, seq, tail.first_sample, tail.data)), 0.0)
-        except Exception as exc:  # noqa: BLE001 - one request's bug must not take the connection down
-            log.exception("conn %s: request %s: pump failed", self.conn_id, req.id)
-            req.handle.cancel()
-            req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
-        finally:
-            req.pipeline.close()
-        await self._finish(req, done, req.pipeline.samples_out)
-
-    async def _wait_credit(self, req: RequestState) -> None:
-        """While the peer owes acknowledgement of max_buffer_s of audio, the engine pauses this stream."""
-        if self.ledger.has_credit():
-            return
-        log.debug("conn %s: request %s: paused, %.2f s of audio unacknowledged", self.conn_id, req.id,
-                  self.ledger.owed_s)
-        req.handle.pause()
-        try:
-            await self.ledger.wait_credit()
-        finally:
-            req.handle.resume()
-
-    async def _put_frame(self, req: RequestState, frame: bytes, audio_s: float) -> None:
-        """Queue a frame; while the out queue is full, the engine pauses this stream (backpressure)."""
-        self.ledger.queued(audio_s)
-        if not self._out.full():
-            self._out.put_nowait((frame, audio_s))
-            return
-        req.handle.pause()
-        try:
-            await self._out.put((frame, audio_s))
-        finally:
-            req.handle.resume()
-
-    async def _finish(self, req: RequestState, done: StreamDone | None, samples: int) -> None:
-        """Retire the id, then queue `error` (if it failed) and `done`; record the request's metrics."""
-        if self._requests.pop(req.id, None) is not None and self.key is not None:
-            self._ctx.key_streams[self.key] -= 1
-        self._last_activity = asyncio.get_running_loop().time()
-        failure = req.failure
-        if failure is None and (done is None or done.reason == "error"):
-            failure = engine_failure(req.id, done)
-        reason = "error" if failure is not None else done.reason  # type: ignore[union-attr]
-        stats = wire_stats(done)
-        ttfa = done.stats.ttfa_s if done is not None else None
-        rtf = done.stats.rtf if done is not None else None
-        self._ctx.metrics.record_done(  # before any await: a disconnect cannot lose it
-            reason, ttfa, rtf, queued_s=done.stats.queued_s if done is not None else None,
-            stage_s=done.stats.stage_s if done is not None else None, ahead_s=req.least_lead_s)
-        if failure is not None:
-            await self._put_error(failure)
-        await self._out.put((encode_server_message(done_message(req.id, reason, samples, stats)), 0.0))
-        log.info("conn %s: request %s: done (%s), %d samples, ttfa %s ms, rtf %s", self.conn_id, req.id,
-                 reason, samples, stats.get("ttfa_ms"), stats.get("rtf"))
+        spec = RequestSpec(id=msg.id, text=msg.text if isinstance(msg, Speak) else None, voice=msg.voice,
+                           sampling=msg.sampling, policy=msg.policy, encoding=msg.encoding,
+                           sample_rate=msg.sample_rate)
+        request = await self.client.open(spec)
+        task = asyncio.create_task(self._forward(request), name=f"{self.conn_id} forward {msg.id}")
+        self._forwarders.add(task)
+        task.add_done_callback(self._forwarders.discard)

@@ -119,7 +119,7 @@ class VoiceCatalog:
             return voice
         if name not in self.names:
             raise VoiceUnavailable(f"voice: {name[:40]!r} is not offered by this server "
-                                   f"({len(self.names)} voices are; `ready.voices` lists them)")
+                                   f"({len(self.names)} voices are)")
         failed = self._failures.get(name)
         if failed is not None and time.monotonic() - failed < self.failure_ttl:
             raise VoiceUnavailable(f"voice: {name!r} cannot be loaded right now; try another voice")

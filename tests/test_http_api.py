@@ -213,7 +213,6 @@ def test_unknown_voice_is_400_naming_voice_and_examples(server: ServerThread) ->
     err = _error(info.value)
     assert (err["param"], err["type"]) == ("voice", "invalid_request_error")
     assert err["message"].startswith("voice: 'nobody' is not offered") and "alloy" in err["message"]
-    assert "GET /v1/audio/voices" in err["message"]
 
 
 @pytest.mark.parametrize("key", [None, "sk-wrong"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from client.api import AudioChunk, BarkStreamClient, Done, Segment
 from server.app import BarkServer
 from server.config import ServerConfig
-from streaming.engine import Engine, EngineSnapshot
+from streaming.engine import Engine
 from tests.server_fixtures import (  # noqa: F401 - engine and server are fixtures
     PARAMS,
     RawClient,
@@ -25,6 +24,7 @@ from tests.server_fixtures import (  # noqa: F401 - engine and server are fixtur
     run,
     server,
     start_server,
+    make_engine,
 )
 
 TEXTS = ("Hello there.", "How are you today?", "The quick brown fox jumps.", "One more, please.")
@@ -153,8 +153,9 @@ def test_healthz_and_404(server: ServerThread) -> None:
 
 def test_healthz_unhealthy_engine() -> None:
     """/healthz is 503 unhealthy once the engine thread has died."""
-    dead = SimpleNamespace(model_name="random-tiny", healthy=False, snapshot=lambda: EngineSnapshot(0, 0, 0))
-    srv = ServerThread(dead, ServerConfig(port=0, model="random-tiny", offline=True)).start()  # type: ignore[arg-type]
+    dead = make_engine(max_streams=1)
+    dead.stop()  # its thread is gone: the server finds a dead engine
+    srv = ServerThread(dead, ServerConfig(port=0, model="random-tiny", offline=True)).start()
     try:
         status, _, body = srv.http("/healthz")
         assert status == 503 and json.loads(body)["status"] == "unavailable"

@@ -7,8 +7,8 @@ fatal one closes only its own connection, with the close code the protocol names
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from server.config import ServerConfig
+from server.enginelink import EngineInfo
 from protocol import Limits
 from streaming.engine import Engine, EngineOverloaded, EngineSnapshot
 from streaming.events import AudioChunk, StreamDone, StreamStats
@@ -259,11 +260,30 @@ class _StubHandle:
         yield StreamDone("error", 480, StreamStats(samples=480), error_code="internal", error="engine: boom")
 
 
+class _StubLink:
+    """An EngineLink (the server's one seam to the engine) whose submit is the test's function."""
+
+    def __init__(self, submit: Callable[..., Any]) -> None:
+        self.info = EngineInfo("stub", 8, 32)
+        self.healthy = True
+        self._submit = submit
+
+    def snapshot(self) -> EngineSnapshot:
+        return EngineSnapshot(0, 0, 0)
+
+    async def submit(self, request: Any) -> Any:
+        return self._submit(request)
+
+    async def wait_failed(self) -> None:
+        await asyncio.Event().wait()  # never: this engine does not die
+
+    async def close(self) -> None:
+        pass
+
+
 def stub_server(submit: Callable[..., Any]) -> ServerThread:
-    engine = SimpleNamespace(model_name="stub", healthy=True, submit=submit,
-                             snapshot=lambda: EngineSnapshot(0, 0, 0))
     config = ServerConfig(port=0, model="stub", offline=True, limits=Limits())
-    return ServerThread(engine, config).start()  # type: ignore[arg-type]
+    return ServerThread(_StubLink(submit), config).start()  # type: ignore[arg-type]
 
 
 def speak_once(srv: ServerThread, *, until_done: bool) -> Result:

@@ -118,7 +118,7 @@ def test_a_stream_that_gets_no_text_fails_with_idle_timeout(serve) -> None:
     assert error_codes(events) == ["idle_timeout"], [e.type for e in events]
     assert not any(AudioChunk.is_type(e.type) for e in events)
     srv.wait_metric("bark_active_streams", lambda v: v == 0)
-    assert srv.metric("bark_requests_finished_total", 'reason="error"') == 1
+    assert srv.metric("bark_requests_finished_total", 'reason="idle_timeout"') == 1
 
 
 def test_a_peer_that_stops_reading_is_cut_off_and_its_slot_freed(serve) -> None:

@@ -9,7 +9,7 @@
 
 aiohttp serves it on the same event loop as the WebSocket server (uvloop when
 present) and it uses the same engine, API keys, voices, limits and metrics:
-one `ServerContext`. Every limit has its HTTP form: input size, body size, a
+one `RequestLayer`. Every limit has its HTTP form: input size, body size, a
 request rate per client address, requests in flight (all clients, per address,
 per API key), open connections (connections.py), the engine's queue (503 +
 Retry-After), and a stalled reader. Browser pages on other origins: cors.py.
@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,16 +30,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from protocol import ProtocolError
-from streaming.engine import EngineOverloaded, SpeechRequest, StreamHandle
-from streaming.errors import TextError
+from streaming.constants import SAMPLE_RATE
 
 from ..auth import KeySet, RateLimitedWarning, client_address
-from ..context import ServerContext
-from ..limits import RateLimiter
-from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..limits import AddressBuckets
+from ..probes import Probes
+from ..requests import Client, RequestLayer, RequestSpec
 from .connections import ConnectionCap
 from .cors import Cors
-from .errors import ApiError, bad_field, rate_limited, unauthorised, unavailable
+from .errors import ApiError, bad_field, from_layer, rate_limited, unauthorised, unavailable
 from .speech import SpeechCall, SpeechStream, parse_speech
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,6 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # Retry-After when the server is stopping or full of HTTP requests
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # names apps send; all served by the one model
 MAX_TRACKED_ADDRESSES = 4096  # per-address rate buckets kept; idle ones are dropped beyond this
-HEALTH = Callable[[], tuple[int, dict[str, Any]]]
 
 
 class _Credentials:
@@ -94,28 +91,26 @@ class _ParseErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class HttpApi:
-    """The HTTP API over a ServerContext; `start()` listens, `drain()` and `close()` stop it."""
+    """The HTTP API over the request layer; `start()` listens, `drain()` and `close()` stop it."""
 
-    def __init__(self, ctx: ServerContext, keys: KeySet, *, health: HEALTH, render_metrics: Callable[[], str]) -> None:
-        self._ctx = ctx
+    def __init__(self, layer: RequestLayer, keys: KeySet, probes: Probes) -> None:
+        self._layer = layer
         self._keys = keys
-        self._health = health
-        self._render_metrics = render_metrics
+        self._probes = probes
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._draining = False
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()  # speech handlers in flight
-        self._per_address: Counter[str] = Counter()  # speech requests in flight per client address
-        self._rates: dict[str, RateLimiter] = {}
-        self._rate_seen: dict[str, float] = {}
+        cfg = layer.config
+        self._speech_rate = AddressBuckets(cfg.http_requests_per_s, cfg.http_request_burst, MAX_TRACKED_ADDRESSES)
         self._auth_warning = RateLimitedWarning(log)
-        self._cors = Cors(ctx.config.allowed_origins)
+        self._cors = Cors(self._layer.config.allowed_origins)
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        limits = self._ctx.config.limits
+        limits = self._layer.config.limits
         # a JSON body of max_request_chars characters: at most 6 bytes each (\uXXXX escapes), plus the fields
         app = web.Application(client_max_size=6 * limits.max_request_chars + 16_384, middlewares=[self._guard])
         app.on_response_prepare.append(self._cors.on_prepare)
@@ -124,23 +119,22 @@ class HttpApi:
         app.router.add_get("/v1/models/{model}", self._model, name="model")
         app.router.add_get("/v1/audio/voices", self._voices, name="voices")
         app.router.add_get("/v1/audio/models", self._audio_models, name="audio_models")
-        app.router.add_get("/healthz", self._healthz, name="healthz")
-        app.router.add_get("/metrics", self._metrics, name="metrics")
+        self._probes.aiohttp_routes(app)
         return app
 
     async def start(self, host: str, port: int, ssl_context: Any = None) -> None:
-        cfg = self._ctx.config
+        cfg = self._layer.config
         # aiohttp keeps a connection with no request (or half a request head) for an hour by default: the idle
         # timeout closes it, as on the WebSocket port, so such connections cannot fill --http-max-connections
         idle = {} if cfg.idle_timeout is None else {"keepalive_timeout": cfg.idle_timeout}
         def cap(make: Callable[[], Any]) -> ConnectionCap:
-            return ConnectionCap(make, cfg.http_max_connections, self._ctx.metrics.refuse,
-                                 per_address=cfg.max_connections_per_ip, trusted=cfg.trusted_proxies)
+            return ConnectionCap(make, cfg.http_max_connections, self._layer.metrics.refuse,
+                                 self._layer.admission, trusted=cfg.trusted_proxies)
 
         self._runner = _CappedRunner(self.app(), cap, handler_cancellation=True, access_log=None,
                                      logger=_ParseErrorLog(log), **idle)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._ctx.config.close_timeout,
+        self._site = web.TCPSite(self._runner, host, port, shutdown_timeout=self._layer.config.close_timeout,
                                  ssl_context=ssl_context)
         await self._site.start()
         log.info("OpenAI-compatible HTTP API on %s://%s:%d/v1/audio/speech", "http" if ssl_context is None
@@ -165,7 +159,7 @@ class HttpApi:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self._ctx.config.close_timeout)
+            await asyncio.wait(list(self._tasks), timeout=self._layer.config.close_timeout)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -177,19 +171,26 @@ class HttpApi:
                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         """Keys for /v1/* (and /metrics unless public); every refusal in OpenAI's error shape; counted."""
         route = request.match_info.route.name or "unmatched"
+        if not self._layer.admission.http_request(self._address(request), time.monotonic()):
+            self._layer.metrics.refuse("http_rate")  # before any other work, whatever the path
+            response = rate_limited(f"more than {self._layer.config.http_limit_per_s:g} HTTP requests per second "
+                                    "from your address; slow down", 1.0).response()
+            response.force_close()
+            self._layer.metrics.http_response(route, response.status)
+            return response
         try:
             refusal = self._cors.refusal(request)
             if refusal is not None:
-                self._ctx.metrics.refuse("origin")
+                self._layer.metrics.refuse("origin")
                 raise refusal
             preflight = self._cors.preflight(request)
             if preflight is not None and isinstance(request.match_info.http_exception,
                                                     (type(None), web.HTTPMethodNotAllowed)):
-                self._ctx.metrics.http_response("preflight", preflight.status)
+                self._layer.metrics.http_response("preflight", preflight.status)
                 return preflight  # (no key: browsers send none with a preflight)
-            if (request.path.startswith("/v1/") or (route == "metrics" and not self._ctx.config.public_metrics)) \
+            if (request.path.startswith("/v1/") or (route == "metrics" and not self._layer.config.public_metrics)) \
                     and not self._keys.allows(_Credentials(request)):  # type: ignore[arg-type]
-                self._ctx.metrics.refuse("auth")
+                self._layer.metrics.refuse("auth")
                 self._auth_warning(time.monotonic(), "refused %s %s from %s: missing or unknown API key",
                                    request.method, request.path[:100], request.remote)
                 raise unauthorised()
@@ -205,7 +206,7 @@ class HttpApi:
         except Exception:
             log.exception("http: %s %s failed", request.method, request.path[:100])
             response = ApiError(500, "server error", type="server_error", code="internal").response()
-        self._ctx.metrics.http_response(route, response.status)
+        self._layer.metrics.http_response(route, response.status)
         return response
 
     def _http_error(self, request: web.Request, exc: web.HTTPException) -> ApiError:
@@ -219,26 +220,17 @@ class HttpApi:
                             f"(allowed: {allowed})", code="method_not_allowed")
         if exc.status == 413:
             return ApiError(413, f"body: larger than {request.app._client_max_size} bytes "  # noqa: SLF001
-                            f"(input is limited to {self._ctx.config.limits.max_request_chars} characters)",
+                            f"(input is limited to {self._layer.config.limits.max_request_chars} characters)",
                             param="input", code="request_too_large")
         return ApiError(exc.status, exc.reason or "bad request")
 
     def _address(self, request: web.Request) -> str:
         return client_address(request.remote or "", list(request.headers.getall("X-Forwarded-For", [])),
-                              self._ctx.config.trusted_proxies)
+                              self._layer.config.trusted_proxies)
 
     def _check_rate(self, address: str) -> None:
-        cfg, now = self._ctx.config, time.monotonic()
-        bucket = self._rates.get(address)
-        if bucket is None:
-            if len(self._rates) >= MAX_TRACKED_ADDRESSES:  # drop addresses whose bucket has refilled anyway
-                full_after = cfg.http_request_burst / cfg.http_requests_per_s
-                for gone in [a for a, t in self._rate_seen.items() if now - t > full_after]:
-                    self._rates.pop(gone, None)
-                    self._rate_seen.pop(gone, None)
-            bucket = self._rates[address] = RateLimiter(cfg.http_requests_per_s, cfg.http_request_burst, 1 << 30)
-        self._rate_seen[address] = now
-        if bucket.take(now) != "ok":
+        cfg = self._layer.config
+        if not self._speech_rate.take(address, time.monotonic()):
             raise rate_limited(f"more than {cfg.http_requests_per_s:g} speech requests per second from your "
                                f"address (burst {cfg.http_request_burst}); retry later",
                                1.0 / cfg.http_requests_per_s)
@@ -246,8 +238,8 @@ class HttpApi:
     # --- POST /v1/audio/speech ---------------------------------------------------------
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        ctx, cfg = self._ctx, self._ctx.config
-        if self._draining or not ctx.engine.healthy:
+        layer, cfg = self._layer, self._layer.config
+        if self._draining:
             raise unavailable("the server is stopping and takes no new requests; retry later", RETRY_AFTER_S,
                               code="shutting_down")
         address = self._address(request)
@@ -265,89 +257,41 @@ class HttpApi:
             raise bad_field("body", f"body: {str(exc.__cause__ or exc).splitlines()[-1].strip()[:200]}",
                             code="invalid_body") from None
         call = parse_speech(body, cfg.limits)
-        key = self._keys.which(_Credentials(request)) if self._keys else None  # type: ignore[arg-type]
-        self._check_capacity(address, key)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._per_address[address] += 1
-        ctx.metrics.http_in_flight += 1
-        if key is not None:
-            ctx.key_streams[key] += 1
-        try:
-            return await self._answer(request, call, address)
-        finally:
-            self._tasks.discard(task)
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
-            ctx.metrics.http_in_flight -= 1
-            if key is not None:
-                ctx.key_streams[key] -= 1
-
-    def _check_capacity(self, address: str, key: int | None) -> None:
-        cfg = self._ctx.config
         if len(self._tasks) >= cfg.http_max_requests:
             raise unavailable(f"the HTTP API is answering its maximum of {cfg.http_max_requests} requests "
                               "(--http-max-requests); retry later", RETRY_AFTER_S)
-        per_ip = cfg.max_connections_per_ip
-        if per_ip is not None and self._per_address[address] >= per_ip:
-            raise rate_limited(f"your address has {per_ip} requests in flight (--max-connections-per-ip); retry "
-                               "when one ends", RETRY_AFTER_S)
-        per_key = cfg.max_streams_per_key
-        if per_key is not None and key is not None and self._ctx.key_streams[key] >= per_key:
-            raise rate_limited(f"this API key has {per_key} requests in flight (--max-streams-per-key), "
-                               "WebSocket and HTTP together; retry when one ends", RETRY_AFTER_S)
-
-    async def _answer(self, request: web.Request, call: SpeechCall, address: str) -> web.StreamResponse:
-        ctx = self._ctx
+        key = self._keys.which(_Credentials(request)) if self._keys else None  # type: ignore[arg-type]
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        layer.metrics.http_in_flight += 1
+        transport = request.transport
+        client = layer.client(conn_id=f"http{next(self._ids)}", address=address, key=key, owner=f"http {address}",
+                              on_fatal=lambda _error: transport.abort() if transport is not None else None)
         try:
-            voice = await ctx.resolve_voice(call.voice, "http")
-        except ProtocolError as exc:
-            examples = ", ".join([*ctx.aliases, *ctx.voices.names][:14])
-            message = exc.message.replace("`ready.voices` lists them", "GET /v1/audio/voices lists them")
-            raise bad_field("voice", f"{message}; e.g. {examples}" if examples else message) from None
-        request_id = f"http{next(self._ids)}"
-        speech = SpeechRequest(text=call.input, voice=voice, sampling=call.sampling, policy=call.policy,
-                               request_id=request_id, owner=f"http {address}")
-        handle = await self._submit(speech)
-        ctx.metrics.request_started()
-        log.info("http: %s from %s: %d characters, voice %s, %s%s, speed %g", request_id, address,
-                 len(call.input), call.voice or ctx.config.default_voice, call.response_format,
-                 " (sse)" if call.stream_format == "sse" else "", call.speed)
-        stream = SpeechStream(request, call, handle, ctx.metrics, ctx.config.slow_consumer_timeout)
-        try:
-            return await stream.run()
+            return await self._answer(request, call, client)
         finally:
-            done = stream.done
-            stats = done.stats if done is not None else None
-            ctx.metrics.record_done(stream.reason, stats.ttfa_s if stats else None, stats.rtf if stats else None,
-                                    queued_s=stats.queued_s if stats else None,
-                                    stage_s=stats.stage_s if stats else None, ahead_s=stream.least_lead_s)
-            log.info("http: %s: %s", request_id, stream.reason)
+            await client.close()
+            self._tasks.discard(task)
+            layer.metrics.http_in_flight -= 1
 
-    async def _submit(self, speech: SpeechRequest) -> StreamHandle:
-        """engine.submit in a worker thread (it segments and tokenises the text); a handler cancelled
-        meanwhile (the client left) still cancels the stream the thread creates."""
-        cfg = self._ctx.config
-        submit = asyncio.ensure_future(asyncio.to_thread(self._ctx.engine.submit, speech,
-                                                         loop=asyncio.get_running_loop()))
+    async def _answer(self, request: web.Request, call: SpeechCall, client: Client) -> web.StreamResponse:
+        spec = RequestSpec(id="speech", text=call.input, voice=call.voice, sampling=call.sampling,
+                           policy=call.policy, encoding=call.pipeline_format, sample_rate=SAMPLE_RATE,
+                           speed=call.speed)
         try:
-            return await asyncio.shield(submit)
-        except asyncio.CancelledError:
-            submit.add_done_callback(lambda f: f.result().cancel() if not f.cancelled() and f.exception() is None
-                                     else None)
-            raise
-        except EngineOverloaded as exc:
-            raise unavailable(f"the server is full ({cfg.max_streams} streams and {cfg.max_queue} queued); retry "
-                              f"after {exc.retry_after_ms} ms", exc.retry_after_ms / 1000) from None
-        except TextError as exc:
-            raise bad_field("input", f"input: {exc}") from None
+            speech = await client.open(spec)
+        except ProtocolError as exc:
+            raise from_layer(exc) from None
+        log.info("http: %s from %s: %d characters, voice %s, %s%s, speed %g", client.conn_id, client.address,
+                 len(call.input), call.voice or self._layer.config.default_voice, call.response_format,
+                 " (sse)" if call.stream_format == "sse" else "", call.speed)
+        return await SpeechStream(request, call, speech).run()
 
     # --- listings and probes -----------------------------------------------------------
 
     def _model_names(self) -> list[str]:
-        return list(dict.fromkeys((self._ctx.engine.model_name, *MODEL_ALIASES)))
+        return list(dict.fromkeys((self._layer.engine.info.model_name, *MODEL_ALIASES)))
 
     @staticmethod
     def _model_object(name: str) -> dict[str, Any]:
@@ -364,19 +308,9 @@ class HttpApi:
         return web.json_response(self._model_object(name))
 
     async def _voices(self, request: web.Request) -> web.Response:
-        voices = [{"id": n, "name": n} for n in self._ctx.voices.names]
-        voices += [{"id": a, "name": a, "preset": p} for a, p in self._ctx.aliases.items()]
+        voices = [{"id": n, "name": n} for n in self._layer.voices.names]
+        voices += [{"id": a, "name": a, "preset": p} for a, p in self._layer.aliases.items()]
         return web.json_response({"voices": voices})
 
     async def _audio_models(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [{"id": n} for n in self._model_names()]})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        status, body = self._health()
-        headers = {"Retry-After": str(RETRY_AFTER_S)} if status != 200 else None
-        return web.json_response(body, status=status, headers=headers)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(text=self._render_metrics())
-        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
-        return response

@@ -14,10 +14,10 @@ address: they carry many clients, told apart only by X-Forwarded-For, per reques
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Callable
 
 from ..auth import is_trusted_proxy
+from ..requests.admission import Admission
 from .errors import ApiError, rate_limited, unavailable
 
 LINGER_S = 0.25  # after a refusal: how long to read and drop what the peer already sent before closing
@@ -29,11 +29,10 @@ class ConnectionCap:
     the caps, a refusal for the rest; `on_refuse(reason)` counts each refusal (metrics)."""
 
     def __init__(self, make: Callable[[], asyncio.Protocol], limit: int, on_refuse: Callable[[str], None],
-                 per_address: int | None = None, trusted: tuple[str, ...] = ()) -> None:
+                 admission: Admission, trusted: tuple[str, ...] = ()) -> None:
         self._make, self.limit, self._on_refuse = make, limit, on_refuse
-        self._per_address, self._trusted = per_address, trusted
+        self._admission, self._trusted = admission, trusted  # connections per address, every door counted
         self.open = 0
-        self.by_address: Counter[str] = Counter()
 
     def __call__(self) -> asyncio.Protocol:
         return _Counted(self)
@@ -46,22 +45,20 @@ class ConnectionCap:
             return _Refusal(unavailable(f"the HTTP API has its maximum of {self.limit} open connections "
                                         "(--http-max-connections); retry later", 1)), None
         counted = None
-        if self._per_address is not None and not is_trusted_proxy(address, self._trusted):
-            if self.by_address[address] >= self._per_address:
+        if not is_trusted_proxy(address, self._trusted):
+            if not self._admission.connect(address):
                 self._on_refuse("per_ip")
-                return _Refusal(rate_limited(f"your address has {self._per_address} open connections to the HTTP "
-                                             "API (--max-connections-per-ip); reuse one or close one", 1)), None
+                return _Refusal(rate_limited(f"your address has {self._admission.connections[address]} open "
+                                             "connections (--max-connections-per-ip, every protocol counted); "
+                                             "reuse one or close one", 1)), None
             counted = address
-            self.by_address[address] += 1
         self.open += 1
         return self._make(), counted
 
     def release(self, counted: str | None) -> None:
         self.open -= 1
         if counted is not None:
-            self.by_address[counted] -= 1
-            if not self.by_address[counted]:
-                del self.by_address[counted]
+            self._admission.disconnect(counted)
 
 
 class _Counted(asyncio.Protocol):

@@ -8,8 +8,8 @@ before the first audio, so a request that fails before it gets a JSON error with
 its real status; a failure after it cuts the body short (SSE: an `error` event).
 
 A reader that stops reading stalls the writes once the socket buffers are full:
-the engine stream is paused meanwhile, and after `slow_consumer_timeout` seconds
-the request is cancelled and the connection dropped.
+the request layer's credit pauses the engine stream meanwhile, and after
+`slow_consumer_timeout` seconds it ends the request and the connection is dropped.
 """
 
 from __future__ import annotations
@@ -28,16 +28,12 @@ from aiohttp import web
 from protocol import Limits, ProtocolError, parse_params
 from protocol.wire import json_type, wire_type
 from streaming.constants import SAMPLE_RATE
-from streaming.engine import StreamHandle
-from streaming.events import AudioChunk, StreamDone
 from streaming.params import SamplingParams, StreamPolicy
 
-from ..context import wire_stats
-from ..flow import SlowReader, paced_write
-from ..formats import MAX_SPEED, MIN_SPEED, AudioPipeline, convert
+from ..formats import MAX_SPEED, MIN_SPEED
 from ..formats.encoders import MIME
-from ..metrics import ServerMetrics
-from .errors import ApiError, bad_field
+from ..requests import Audio, Done, Request
+from .errors import ApiError, bad_field, from_layer
 
 log = logging.getLogger(__name__)
 
@@ -165,81 +161,51 @@ def sse_event(payload: Mapping[str, Any]) -> bytes:
 
 
 class SpeechStream:
-    """Writes one request's audio as it comes; `run()` returns the response and why the request ended."""
+    """Writes one request's audio as the request layer hands it out; `run()` returns the response."""
 
-    def __init__(self, request: web.Request, call: SpeechCall, handle: StreamHandle, metrics: ServerMetrics,
-                 slow_consumer_timeout: float) -> None:
-        self._request, self._call, self._handle, self._metrics = request, call, handle, metrics
-        self._timeout = slow_consumer_timeout
-        self._pipeline = AudioPipeline(call.pipeline_format, SAMPLE_RATE, speed=call.speed)
+    def __init__(self, request: web.Request, call: SpeechCall, speech: Request) -> None:
+        self._request, self._call, self._speech = request, call, speech
         self._response: web.StreamResponse | None = None
-        self.done: StreamDone | None = None
-        self.reason = "disconnected"  # until the stream ends otherwise
-        self.least_lead_s: float | None = None
-        self._first_audio_at: float | None = None
-        self._audio_s = 0.0
 
     async def run(self) -> web.StreamResponse:
+        done: Done | None = None
         try:
-            async for event in self._handle:
-                if isinstance(event, StreamDone):
-                    self.done = event
-                    break
-                if isinstance(event, AudioChunk) and event.samples.size:
-                    self._track(event.samples.size / SAMPLE_RATE)
-                    out = await convert(self._pipeline, event.samples)
-                    await self._write(out.data)
-            return await self._end()
-        except SlowReader:
-            self.reason = "slow_consumer"
-            log.warning("http: request %s: the client read nothing for %.0f s; cancelled",
-                        self._handle.request.request_id, self._timeout)
-            self._abort()
-            return self._response or web.Response(status=500)
+            async for event in self._speech.events():
+                if isinstance(event, Audio):
+                    await self._write(event.data)
+                    self._speech.delivered(event)
+                elif isinstance(event, Done):
+                    done = event
+            assert done is not None
+            return await self._end(done)
         except (ApiError, ConnectionResetError):
             raise
         except Exception:  # noqa: BLE001 - an encoder bug ends this request, never the server
             if self._response is None:
                 raise  # nothing sent yet: the middleware answers 500 in OpenAI's shape
-            log.exception("http: request %s: failed mid-stream", self._handle.request.request_id)
-            self.reason = "error"
+            log.exception("http: request %s: failed mid-stream", self._speech.id)
             self._abort()
             return self._response
-        finally:
-            self._handle.cancel()  # no-op once it ended; stops the engine on disconnects and failures
-            self._pipeline.close()
 
-    def _track(self, seconds: float) -> None:
-        """Count the audio, and how far ahead of a real-time listener the stream stays (the underrun signal)."""
-        self._metrics.audio_sent(seconds)
-        now = asyncio.get_running_loop().time()
-        if self._first_audio_at is None:
-            self._first_audio_at = now
-        else:
-            lead = self._audio_s - (now - self._first_audio_at)
-            self.least_lead_s = lead if self.least_lead_s is None else min(self.least_lead_s, lead)
-        self._audio_s += seconds
-
-    async def _end(self) -> web.StreamResponse:
-        done = self.done
-        if done is not None and done.reason == "end":
-            tail = await convert(self._pipeline, None)
-            await self._write(tail.data, last=True)
+    async def _end(self, done: Done) -> web.StreamResponse:
+        if done.reason == "end":
+            await self._write(b"", last=True)
             if self._call.stream_format == "sse":
-                chars, tokens = len(self._call.input), int(wire_stats(done).get("tokens_semantic", 0))
+                chars, tokens = len(self._call.input), int(done.stats.get("tokens_semantic", 0))
                 await self._write_raw(sse_event({"type": "speech.audio.done", "usage": {
                     "input_tokens": chars, "output_tokens": tokens, "total_tokens": chars + tokens}}))
-            self.reason = "end"
             assert self._response is not None
             await self._response.write_eof()
             return self._response
-        self.reason = "error" if done is None or done.reason == "error" else done.reason
-        message = (done.error if done is not None else None) or "the engine failed this request"
+        if done.reason in ("disconnected", "slow_consumer"):  # nobody is reading: drop the connection
+            self._abort()
+            return self._response or web.Response(status=499)
+        error = from_layer(done.error) if done.error is not None else ApiError(
+            500, "server error: the request was cancelled", type="server_error", code="internal")
         if self._response is None:  # nothing sent yet: a real status
-            raise ApiError(500, f"server error: {message}", type="server_error", code="internal")
+            raise error
         if self._call.stream_format == "sse":
-            await self._write_raw(sse_event({"type": "error", "error": {
-                "message": f"server error: {message}", "type": "server_error", "param": None, "code": "internal"}}))
+            await self._write_raw(sse_event({"type": "error", "error": error.body()["error"]}))
             await self._response.write_eof()
         else:
             self._abort()  # a cut chunked body: the client sees an incomplete response, not a short file
@@ -250,7 +216,7 @@ class SpeechStream:
             self._response = web.StreamResponse(headers={"Content-Type": self._call.content_type,
                                                          "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
             await self._response.prepare(self._request)
-            data = self._pipeline.header() + data
+            data = self._speech.header() + data
         if not data:
             return
         if self._call.stream_format == "sse":
@@ -258,10 +224,10 @@ class SpeechStream:
         await self._write_raw(data)
 
     async def _write_raw(self, data: bytes) -> None:
-        """One write, bounded: the engine stream pauses while it waits, and a reader stalled for the
-        slow-consumer timeout ends the request."""
+        """One write; a reader that stalls it is the request layer's slow-consumer watcher's business
+        (it ends the request and aborts the connection, which ends the write)."""
         assert self._response is not None
-        await paced_write(self._response.write(data), self._handle, self._timeout)
+        await self._response.write(data)
 
     def _abort(self) -> None:
         transport = self._request.transport

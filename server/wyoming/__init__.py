@@ -6,7 +6,7 @@
   `synthesize-start/chunk/stop` -> `audio-start/chunk/stop` (+ `synthesize-stopped`);
 - `events`: bounded event reading, the `info` event, voice languages.
 
-It serves the same engine, voices, limits and metrics as the WebSocket (one `ServerContext`),
+It serves the same engine, voices, limits and metrics as the WebSocket (one `RequestLayer`),
 on the same event loop. Wyoming has no authentication: it binds to loopback unless told otherwise.
 """
 

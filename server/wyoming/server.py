@@ -1,6 +1,6 @@
 """`WyomingServer`: the Wyoming TCP listener on `--wyoming-port`, its connections and its lifecycle.
 
-    wyoming = WyomingServer(ctx)          # ctx: the WebSocket server's ServerContext (engine, voices, metrics)
+    wyoming = WyomingServer(layer)        # the request layer every front end shares (engine, voices, metrics)
     await wyoming.start()                 # listens on config.wyoming_host:wyoming_port (+ zeroconf if asked)
     wyoming.drain(); await wyoming.close()
 
@@ -26,7 +26,7 @@ from wyoming.event import async_write_event
 from protocol import parse_params
 from streaming.errors import ConfigError
 
-from ..context import ServerContext
+from ..requests import RequestLayer
 from .events import info_event
 from .session import WyomingSession, linger
 
@@ -49,11 +49,11 @@ def is_loopback(host: str) -> bool:
 class WyomingServer:
     """Wyoming text to speech over the server's engine; `start()` listens, `drain()` and `close()` stop it."""
 
-    def __init__(self, ctx: ServerContext) -> None:
-        cfg = ctx.config
-        self.ctx = ctx
+    def __init__(self, layer: RequestLayer) -> None:
+        cfg = layer.config
+        self.layer = layer
         self.sampling, self.policy = parse_params(dict(cfg.wyoming_params) or None)  # checked by ServerConfig
-        self.info = info_event(ctx.engine.model_name, ctx.voices.names, cfg.default_voice)
+        self.info = info_event(layer.engine.info.model_name, layer.voices.names, cfg.default_voice)
         # one event: a synthesize of max_request_chars characters, each at most 6 bytes as a JSON \\u escape
         self.max_event_bytes = 6 * cfg.limits.max_request_chars + 16_384
         self.draining = False
@@ -79,14 +79,14 @@ class WyomingServer:
         return any(s.busy for s in self._sessions)
 
     async def start(self) -> None:
-        cfg = self.ctx.config
+        cfg = self.layer.config
         assert cfg.wyoming_port is not None
         self._server = await asyncio.start_server(self._accept, cfg.wyoming_host, cfg.wyoming_port,
                                                   limit=self.max_event_bytes)
         if cfg.wyoming_zeroconf is not None:
             await self._announce(cfg.wyoming_zeroconf)
         log.info("Wyoming text to speech on tcp://%s:%d (%d Hz s16 mono, %d voice(s)%s)", cfg.wyoming_host, self.port,
-                 cfg.wyoming_sample_rate, len(self.ctx.voices.names) + 1,
+                 cfg.wyoming_sample_rate, len(self.layer.voices.names) + 1,
                  "" if is_loopback(cfg.wyoming_host) else "; Wyoming has no authentication: firewall this port")
 
     def drain(self) -> None:
@@ -108,19 +108,27 @@ class WyomingServer:
         await asyncio.gather(*(s.shutdown("shutting_down", "the server is stopping; retry later")
                                for s in list(self._sessions)), return_exceptions=True)
         if self._sessions:
-            await asyncio.wait(list(self._sessions.values()), timeout=self.ctx.config.close_timeout)
+            await asyncio.wait(list(self._sessions.values()), timeout=self.layer.config.close_timeout)
         self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        cfg = self.ctx.config
+        cfg = self.layer.config
         conn_id = f"wy{next(self._ids)}"
         refusal = None
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        counted = False
         if self.draining:
             refusal = ("shutting_down", "the server is stopping; retry later")
         elif len(self._sessions) >= cfg.max_connections:
             refusal = ("overloaded", f"too many Wyoming connections (max {cfg.max_connections}); retry later")
+        elif not self.layer.admission.connect(address):
+            refusal = ("rate_limited", f"your address has {cfg.max_connections_per_ip} open connections "
+                       "(--max-connections-per-ip, every protocol counted); close one")
+        else:
+            counted = True
         if refusal is not None:
-            self.ctx.metrics.error(refusal[0])
+            self.layer.metrics.error(refusal[0])
             log.warning("wyoming %s: refused a connection: %s", conn_id, refusal[1])
             try:
                 await asyncio.wait_for(async_write_event(Error(text=refusal[1], code=refusal[0]).event(), writer),
@@ -130,7 +138,7 @@ class WyomingServer:
             await linger(reader, writer)  # closing on unread input would reset before the peer read the error
             writer.close()
             return
-        session = WyomingSession(reader, writer, self, conn_id)
+        session = WyomingSession(reader, writer, self, conn_id, address)
         task = asyncio.current_task()
         assert task is not None
         self._sessions[session] = task
@@ -142,19 +150,21 @@ class WyomingServer:
             writer.transport.abort()
         finally:
             del self._sessions[session]
+            if counted:
+                self.layer.admission.disconnect(address)
             log.info("wyoming %s: closed", conn_id)
 
     async def _announce(self, name: str) -> None:
         """Register `<name>._wyoming._tcp.local.` (Home Assistant discovers it and offers to add it)."""
         from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-        host = self.ctx.config.wyoming_host
+        host = self.layer.config.wyoming_host
         address = host if _is_concrete(host) else _outbound_address()
         hostname = socket.gethostname().split(".")[0] or "bark-stream"
         service_name = name or f"bark-stream-{hostname}"
         info = AsyncServiceInfo(SERVICE_TYPE, f"{service_name}.{SERVICE_TYPE}", server=f"{hostname}.local.",
                                 addresses=[ipaddress.ip_address(address).packed], port=self.port,
-                                properties={"model": self.ctx.engine.model_name})
+                                properties={"model": self.layer.engine.info.model_name})
         zc = AsyncZeroconf()
         await zc.async_register_service(info)
         self._zeroconf = (zc, info)

@@ -22,8 +22,8 @@ Wyoming servers do.
 The reader keeps reading while audio is written, so a peer that leaves is noticed at once: a
 stream whose text was still open is cancelled; a request whose text is complete goes on, and
 ends at its next write if the peer is really gone (a peer that only closed its sending side
-still gets its audio). A reader that stops reading pauses its engine stream; after
-slow_consumer_timeout seconds the connection is dropped.
+still gets its audio). A reader that stops reading pauses its engine stream (the request
+layer's credit); after slow_consumer_timeout seconds the connection is dropped.
 """
 
 from __future__ import annotations
@@ -42,16 +42,9 @@ from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from protocol import ProtocolError
-from streaming.constants import SAMPLE_RATE
-from streaming.engine import EngineOverloaded, SpeechRequest, StreamHandle
-from streaming.errors import TextError
-from streaming.events import AudioChunk, StreamDone
-from streaming.voices import Voice
 
-from ..context import RequestState, ServerContext, engine_failure
-from ..flow import SlowReader, paced_write
-from ..formats import AudioPipeline
 from ..limits import RateLimiter
+from ..requests import Audio, Done, Request, RequestLayer, RequestSpec
 from .events import DEFAULT_VOICE, Refusal, check_text_format, read_event, text_field, voice_field, voice_for_language
 
 if TYPE_CHECKING:
@@ -88,22 +81,22 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 class WyomingSession:
-    """Serves one TCP connection until it closes; `run()` returns once its engine streams are released."""
+    """Serves one TCP connection until it closes; `run()` returns once its requests have ended."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: WyomingServer,
-                 conn_id: str) -> None:
+                 conn_id: str, address: str = "") -> None:
         self._reader, self._writer = reader, writer
         self._server = server
-        self._ctx: ServerContext = server.ctx
+        self._layer: RequestLayer = server.layer
         self.conn_id = conn_id
-        cfg = self._ctx.config
+        cfg = self._layer.config
         self._rate = cfg.wyoming_sample_rate
         self._ids = itertools.count(1)
         self._write_lock = asyncio.Lock()
-        self._request: RequestState | None = None  # the request whose audio is being produced (one at a time)
-        self._streaming: RequestState | None = None  # the synthesize-start request still taking text
-        self._audio_started = False  # audio-start sent for the current request
-        self._peer_gone = False  # the peer left: requests in flight end as "disconnected"
+        self.client = self._layer.client(conn_id=conn_id, address=address, owner=conn_id, on_fatal=self._dropped)
+        self._request: Request | None = None  # the request whose audio is being produced (one at a time)
+        self._forward: asyncio.Task[None] | None = None  # writes its audio events
+        self._streaming: Request | None = None  # the synthesize-start request still taking text
         self._closing = False
         self._bucket = RateLimiter(cfg.max_messages_per_s, cfg.message_burst, cfg.rate_limit_strikes)
         self._last_activity = asyncio.get_running_loop().time()
@@ -127,7 +120,7 @@ class WyomingSession:
     async def _serve(self) -> None:
         """Read and dispatch events until the peer leaves, idles, or something is refused."""
         loop = asyncio.get_running_loop()
-        cfg = self._ctx.config
+        cfg = self._layer.config
         while not self._closing:
             read = asyncio.ensure_future(read_event(self._reader, self._server.max_event_bytes))
             try:
@@ -143,6 +136,8 @@ class WyomingSession:
                             and loop.time() - self._last_activity >= cfg.idle_timeout):
                         log.info("wyoming %s: idle for %.0f s; closing", self.conn_id, cfg.idle_timeout)
                         return
+                    if self._closing:
+                        return
             finally:
                 if not read.done():
                     read.cancel()
@@ -157,6 +152,10 @@ class WyomingSession:
                     raise Refusal("rate_limited", f"more than {cfg.max_messages_per_s:g} events per second "
                                   f"(burst {cfg.message_burst})")
                 await self._dispatch(event)
+            except ProtocolError as exc:
+                await self._refuse(Refusal(exc.code, exc.message))
+                await self._linger()
+                return
             except Refusal as exc:
                 await self._refuse(exc)
                 await self._linger()
@@ -166,26 +165,30 @@ class WyomingSession:
                 return
 
     def _peer_left(self) -> None:
-        """End of the peer's stream: a stream still taking text can never be finished, so it is cancelled;
-        a request with all its text goes on (its next write fails if the peer is really gone)."""
+        """End of the peer's stream: a stream still taking text can never be finished, so it ends as
+        disconnected; a request with all its text goes on (its next write fails if the peer is really gone)."""
         req = self._streaming
         if req is not None:
             log.info("wyoming %s: the peer left during stream %s; cancelled", self.conn_id, req.id)
-            self._peer_gone = True
-            req.handle.cancel()
+            req.disconnect()
+
+    def _dropped(self, error: ProtocolError) -> None:
+        """The request layer gave up on this peer (it stopped reading): drop the connection."""
+        self._closing = True
+        self._writer.transport.abort()
 
     async def _release(self) -> None:
-        """Let the request in flight finish when the peer only stopped sending; otherwise cancel it (its pump
-        sees the engine's `cancelled` and records it)."""
-        req = self._request
-        if req is not None and req.pump is not None:
+        """Let the request in flight finish when the peer only stopped sending; otherwise it ends now."""
+        if self._forward is not None:
             if self._closing or self._streaming is not None:
-                req.handle.cancel()
+                await self.client.close()
                 self._close_transport()  # writes still queued fail at once instead of waiting on the peer
-            await asyncio.wait({req.pump}, timeout=None if not self._closing else self._ctx.config.close_timeout)
-            if not req.pump.done():
-                req.pump.cancel()
-                await asyncio.gather(req.pump, return_exceptions=True)
+            await asyncio.wait({self._forward}, timeout=None if not self._closing else
+                               self._layer.config.close_timeout)
+            if not self._forward.done():
+                self._forward.cancel()
+                await asyncio.gather(self._forward, return_exceptions=True)
+        await self.client.close()
         self._close_transport()
 
     def _close_transport(self) -> None:
@@ -194,13 +197,12 @@ class WyomingSession:
             self._writer.close()
 
     async def shutdown(self, code: str, message: str) -> None:
-        """The server stops: cancel what is in flight, tell the peer (if it reads) and close."""
+        """The server stops: end what is in flight, tell the peer (if it reads) and close."""
         if self._closing:
             return
         self._closing = True
         if self._request is not None:
-            self._peer_gone = True  # counted like a disconnect: the server cut it
-            self._request.handle.cancel()
+            self._request.disconnect()  # counted like a disconnect: the server cut it
         try:  # the event's bytes are queued at once (events never interleave); only the drain may wait
             await asyncio.wait_for(async_write_event(Error(text=message, code=code).event(), self._writer), 1.0)
         except (asyncio.TimeoutError, ConnectionError, OSError):
@@ -212,13 +214,12 @@ class WyomingSession:
 
     async def _refuse(self, exc: Refusal) -> None:
         log.info("wyoming %s: refused: %s: %s", self.conn_id, exc.code, exc.message)
-        self._ctx.metrics.error(exc.code)
+        self._layer.metrics.error(exc.code)
         if self._request is not None:  # a refused connection ends: its request in flight too
-            self._request.handle.cancel()
-            self._peer_gone = True
+            self._request.disconnect()
         try:
             await self._send(Error(text=exc.message, code=exc.code).event())
-        except (SlowReader, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             pass
         self._closing = True
 
@@ -226,7 +227,7 @@ class WyomingSession:
 
     async def _dispatch(self, event: Event) -> None:
         kind, data = event.type, event.data
-        limits = self._ctx.config.limits
+        limits = self._layer.config.limits
         if Describe.is_type(kind):
             await self._send(self._server.info)
         elif Ping.is_type(kind):
@@ -247,175 +248,87 @@ class WyomingSession:
             check_text_format(data)
             await self._open(None, *voice_field(data))
         elif SynthesizeChunk.is_type(kind):
-            await self._chunk(text_field(data, required=False, max_chars=limits.max_request_chars))
+            text = text_field(data, required=False, max_chars=limits.max_request_chars)
+            if self._streaming is None:
+                raise Refusal("bad_field", "synthesize-chunk: no stream is open (send synthesize-start first)")
+            if text and self._streaming.failure is None:
+                await self._streaming.feed(text)
         elif SynthesizeStop.is_type(kind):
             req = self._streaming
             if req is None:
                 raise Refusal("bad_field", "synthesize-stop: no stream is open (send synthesize-start first)")
             self._streaming = None
-            req.ended = True
-            await asyncio.to_thread(req.handle.end)
+            if req.failure is None:
+                await req.end()
         else:
             log.debug("wyoming %s: ignoring a %r event", self.conn_id, kind[:40])
 
-    async def _chunk(self, text: str) -> None:
-        req = self._streaming
-        if req is None:
-            raise Refusal("bad_field", "synthesize-chunk: no stream is open (send synthesize-start first)")
-        max_chars = self._ctx.config.limits.max_request_chars
-        req.chars += len(text)
-        if req.chars > max_chars:
-            raise Refusal("text_too_long", f"text: this stream's {req.chars} characters exceed the maximum of "
-                          f"{max_chars}")
-        if text and req.failure is None:
-            try:
-                await asyncio.to_thread(req.handle.feed, text)
-            except TextError as exc:
-                raise Refusal("bad_field", f"text: {exc}") from None
-
     async def _open(self, text: str | None, voice_name: str | None, language: str | None) -> None:
-        """Submit a request to the engine (after the previous one finished) and start its pump."""
-        ctx, cfg = self._ctx, self._ctx.config
-        if self._server.draining:
-            raise Refusal("shutting_down", "the server is stopping and takes no new requests; retry later")
-        if self._request is not None and self._request.pump is not None:
-            await asyncio.wait({self._request.pump})  # one request at a time, in the order they came
+        """Open a request (after the previous one finished) and start writing its audio."""
+        if self._forward is not None:
+            await asyncio.wait({self._forward})  # one request at a time, in the order they came
             if self._closing:  # that request failed and the connection is closing
                 return
-        voice = await self._voice(voice_name, language)
-        req_id = f"w{next(self._ids)}"
-        speech = SpeechRequest(text=text, voice=voice, sampling=self._server.sampling, policy=self._server.policy,
-                               request_id=f"{self.conn_id}/{req_id}", owner=self.conn_id)
-        try:
-            handle = await asyncio.to_thread(ctx.engine.submit, speech, loop=asyncio.get_running_loop())
-        except EngineOverloaded as exc:
-            raise Refusal("overloaded", f"the server is full ({cfg.max_streams} streams and {cfg.max_queue} "
-                          f"queued); retry after {int(exc.retry_after_ms)} ms") from None
-        except TextError as exc:
-            raise Refusal("bad_field", f"text: {exc}") from None
-        streaming = text is None
-        req = RequestState(req_id, "start" if streaming else "speak", "pcm_s16le", handle, sample_rate=self._rate,
-                           pipeline=AudioPipeline("pcm_s16le", self._rate))
+        if self._server.draining:
+            raise Refusal("shutting_down", "the server is stopping and takes no new requests; retry later")
+        spec = RequestSpec(id=f"w{next(self._ids)}", text=text, voice=self._voice(voice_name, language),
+                           sampling=self._server.sampling, policy=self._server.policy, encoding="pcm_s16le",
+                           sample_rate=self._rate)
+        req = await self.client.open(spec)
         self._request = req
-        self._audio_started = False
-        if streaming:
+        if text is None:
             self._streaming = req
-            if cfg.request_text_timeout is not None:
-                asyncio.get_running_loop().call_later(cfg.request_text_timeout, self._text_deadline, req)
-        ctx.metrics.request_started()
-        req.pump = asyncio.create_task(self._pump(req), name=f"wyoming {self.conn_id} pump {req_id}")
-        log.info("wyoming %s: request %s: %s accepted (stream %s, voice %s, s16 at %d Hz)", self.conn_id, req_id,
-                 "synthesize-start" if streaming else "synthesize", handle.id,
-                 voice_name or cfg.default_voice or DEFAULT_VOICE, self._rate)
+        self._forward = asyncio.create_task(self._write_audio(req), name=f"wyoming {self.conn_id} {spec.id}")
 
-    async def _voice(self, name: str | None, language: str | None) -> Voice | None:
+    def _voice(self, name: str | None, language: str | None) -> str | None:
         """The voice named (a preset or an alias), else the first preset of `language`, else the default."""
-        ctx = self._ctx
         if name is None and language is not None:
-            name = voice_for_language(language, ctx.voices.names)
-        if name is None or name == DEFAULT_VOICE and ctx.config.default_voice is None:
-            name = None  # the server's default voice
-        try:
-            return await ctx.resolve_voice(name, "wyoming")
-        except ProtocolError as exc:
-            message = exc.message.replace("`ready.voices` lists them", "`describe` lists them")
-            raise Refusal(exc.code, message) from None
-
-    def _text_deadline(self, req: RequestState) -> None:
-        """A stream that got no text within request_text_timeout seconds fails (it would wait forever)."""
-        if req.chars == 0 and not req.ended and self._streaming is req:
-            req.failure = ProtocolError("idle_timeout", f"the stream received no text within "
-                                        f"{self._ctx.config.request_text_timeout:g} s of synthesize-start")
-            req.handle.cancel()
+            name = voice_for_language(language, self._layer.voices.names)
+        if name is None or name == DEFAULT_VOICE and self._layer.config.default_voice is None:
+            return None  # the server's default voice
+        return name
 
     # --- audio -------------------------------------------------------------------------------------
 
-    async def _pump(self, req: RequestState) -> None:
-        """Turn one engine stream into audio events; record its metrics (exactly once, cancelled or not);
-        refuse and close on failure."""
-        done: StreamDone | None = None
-        reason = "disconnected"
-        assert req.pipeline is not None
+    async def _write_audio(self, req: Request) -> None:
+        """One request's events as Wyoming audio events; a failure is refused, and the connection closes."""
+        started = False
+        done: Done | None = None
         try:
-            try:
-                async for event in req.handle:
-                    if isinstance(event, StreamDone):
-                        done = event
-                        break
-                    if req.failure is None and isinstance(event, AudioChunk) and event.samples.size:
-                        audio_s = event.samples.size / SAMPLE_RATE
-                        req.track_lead(asyncio.get_running_loop().time(), audio_s)
-                        self._ctx.metrics.audio_sent(audio_s)
-                        await self._send_audio(req, (await req.convert(event.samples)).data, req.handle)
-                if done is not None and done.reason == "end" and req.failure is None:
-                    await self._send_audio(req, (await req.convert(None)).data, req.handle)
-                    if not self._audio_started:
+            async for event in req.events():
+                if isinstance(event, Audio):
+                    if not started:
+                        started = True
                         await self._send(AudioStart(rate=self._rate, width=WIDTH, channels=CHANNELS,
                                                     timestamp=0).event())
-                    await self._send(AudioStop(timestamp=req.pipeline.samples_out * 1000 // self._rate).event())
-                    if req.kind == "start":
-                        await self._send(SynthesizeStopped().event())
-                reason = self._reason(req, done)
-            except SlowReader:
-                reason = "slow_consumer"
-                log.warning("wyoming %s: request %s: the peer read nothing for %.0f s; dropped", self.conn_id,
-                            req.id, self._ctx.config.slow_consumer_timeout)
-                self._writer.transport.abort()
-            except (ConnectionError, OSError):
-                log.info("wyoming %s: request %s: the peer is gone", self.conn_id, req.id)
-                self._peer_gone = True
-            except Exception as exc:  # noqa: BLE001 - one request's bug must not take the server down
-                log.exception("wyoming %s: request %s: pump failed", self.conn_id, req.id)
-                req.failure = req.failure or ProtocolError("internal", f"server error: {type(exc).__name__}")
-                reason = "error"
-            finally:
-                req.handle.cancel()  # a no-op once it ended
-                req.pipeline.close()
-        finally:  # also when the pump itself is cancelled (the server closes): "disconnected"
-            self._finish(req, done, reason)
-        if reason == "error" and not self._closing:
-            failure = req.failure or engine_failure(req.id, done)
-            await self._refuse(Refusal(failure.code, failure.message))
+                    await self._send(WyAudioChunk(rate=self._rate, width=WIDTH, channels=CHANNELS, audio=event.data,
+                                                  timestamp=event.first_sample * 1000 // self._rate).event())
+                    req.delivered(event)
+                elif isinstance(event, Done):
+                    done = event
+            assert done is not None
+            if done.reason == "end":
+                if not started:
+                    await self._send(AudioStart(rate=self._rate, width=WIDTH, channels=CHANNELS, timestamp=0).event())
+                await self._send(AudioStop(timestamp=done.samples * 1000 // self._rate).event())
+                if req.piecewise:
+                    await self._send(SynthesizeStopped().event())
+        except (ConnectionError, OSError):
+            log.info("wyoming %s: request %s: the peer is gone", self.conn_id, req.id)
+            req.disconnect()
+        finally:
+            if self._request is req:
+                self._request = None
+            if self._streaming is req:
+                self._streaming = None
+            self._last_activity = asyncio.get_running_loop().time()
+        if done is not None and done.error is not None and not self._closing:
+            await self._refuse(Refusal(done.error.code, done.error.message))
             self._close_transport()
 
-    def _finish(self, req: RequestState, done: StreamDone | None, reason: str) -> None:
-        stats = done.stats if done is not None else None
-        self._ctx.metrics.record_done(reason, stats.ttfa_s if stats else None, stats.rtf if stats else None,
-                                      queued_s=stats.queued_s if stats else None,
-                                      stage_s=stats.stage_s if stats else None, ahead_s=req.least_lead_s)
-        if self._request is req:
-            self._request = None
-        if self._streaming is req:
-            self._streaming = None
-        self._last_activity = asyncio.get_running_loop().time()
-        assert req.pipeline is not None
-        log.info("wyoming %s: request %s: %s, %d samples, ttfa %s", self.conn_id, req.id, reason,
-                 req.pipeline.samples_out, f"{stats.ttfa_s * 1000:.0f} ms" if stats and stats.ttfa_s else "-")
-
-    def _reason(self, req: RequestState, done: StreamDone | None) -> str:
-        if req.failure is not None or done is None or done.reason == "error":
-            return "error"
-        if done.reason == "cancelled" and self._peer_gone:
-            return "disconnected"
-        return done.reason
-
-    async def _send_audio(self, req: RequestState, data: bytes, handle: StreamHandle) -> None:
-        if not data:
-            return
-        if not self._audio_started:
-            self._audio_started = True
-            await self._send(AudioStart(rate=self._rate, width=WIDTH, channels=CHANNELS, timestamp=0).event(), handle)
-        assert req.pipeline is not None
-        first = req.pipeline.samples_out - len(data) // WIDTH
-        await self._send(WyAudioChunk(rate=self._rate, width=WIDTH, channels=CHANNELS, audio=data,
-                                      timestamp=first * 1000 // self._rate).event(), handle)
-
-    async def _send(self, event: Event, handle: StreamHandle | None = None) -> None:
-        """Write one event; while the write waits on the peer the engine stream is paused, and a peer that
-        takes nothing for slow_consumer_timeout seconds raises SlowReader."""
+    async def _send(self, event: Event) -> None:
+        """Write one event (a stalled peer is the request layer's slow-consumer watcher's business)."""
         async with self._write_lock:
             if self._closing:  # refused or shut down: nothing more goes out
                 raise ConnectionResetError("the connection is closing")
-            await paced_write(async_write_event(event, self._writer), handle,
-                              self._ctx.config.slow_consumer_timeout)
-
+            await async_write_event(event, self._writer)
