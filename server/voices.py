@@ -21,7 +21,7 @@ from pathlib import Path
 
 from streaming.errors import VoiceError, WeightsError
 from streaming.voices import DEFAULT_HUB_REPO, INDEX_FILE, Voice, list_presets, load_voice
-from streaming.weights import hub_reachable
+from streaming.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 

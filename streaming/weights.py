@@ -20,6 +20,7 @@ import torch
 
 from .checkpoints import SUNO_FILES, _load_into, read_suno_checkpoint, read_transformers_dir
 from .errors import ConfigError, WeightsError
+from .hub import hub_reachable
 from .models.bundle import SHAPES, BarkModels, BarkShapes, build_models
 
 logger = logging.getLogger(__name__)
@@ -62,26 +63,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if DTYPES[dtype] == torch.float16 and device.type == "cpu":
         raise ConfigError("dtype: fp16 is for GPUs; on cpu use bf16 or fp32")
     return DTYPES[dtype]
-
-
-def hub_reachable(repo: str, filename: str, timeout: float = 3.0) -> bool:
-    """True when the hub answers a HEAD for `filename` of `repo` within `timeout` seconds (any HTTP status:
-    the network path works). One try, no retries: a server without network finds out at once."""
-    import urllib.error
-    import urllib.request
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = f"{constants.ENDPOINT}/{repo}/resolve/main/{filename}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (OSError, ValueError):
-        return False
 
 
 def _hub_cli() -> str:
