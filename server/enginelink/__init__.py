@@ -9,5 +9,6 @@
 
 from .base import EngineInfo, EngineLink, EngineRequest, EngineStream
 from .local import LocalEngine
+from .process import EngineProcess  # torch-free, like the rest of this package (child.py is not imported here)
 
-__all__ = ["EngineInfo", "EngineLink", "EngineRequest", "EngineStream", "LocalEngine"]
+__all__ = ["EngineInfo", "EngineLink", "EngineProcess", "EngineRequest", "EngineStream", "LocalEngine"]
