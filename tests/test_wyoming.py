@@ -384,4 +384,4 @@ def test_cli_refuses_bad_wyoming_params(capsys: pytest.CaptureFixture[str]) -> N
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "[1, 2]"]) == 2
     assert "--wyoming-params: expected a JSON object" in capsys.readouterr().err
     assert server_main(["--offline", "--wyoming-port", "10200", "--wyoming-params", "{\"greedy\": 1}"]) == 2
-    assert "wyoming_params: params.greedy" in capsys.readouterr().err
+    assert "--wyoming-params: params.greedy" in capsys.readouterr().err  # names the flag

@@ -26,6 +26,7 @@ from wyoming.event import async_write_event
 from protocol import parse_params
 from streaming.errors import ConfigError
 
+from ..netutil import LOOPBACK_HOSTS, is_loopback  # noqa: F401 (LOOPBACK_HOSTS re-exported)
 from ..requests import RequestLayer
 from .events import info_event
 from .session import WyomingSession, linger
@@ -33,17 +34,6 @@ from .session import WyomingSession, linger
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_wyoming._tcp.local."
-LOOPBACK_HOSTS = ("localhost",)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WyomingServer:
