@@ -2,9 +2,10 @@
 
 The first SIGTERM/SIGINT drains (no new connections or requests; requests in
 flight finish for up to --drain-timeout s; the rest are closed with 1012) and
-exits 0; a second one cuts the drain short. If the engine thread dies the
-process closes every connection with 1011 and exits 1, for a supervisor to
-restart it. API keys come from --api-key-file and the variable named by
+exits 0; a second one cuts the drain short. The engine runs in its own process
+(--engine process, the default) or as a thread (--engine thread); if it dies, every
+request in flight gets `error` internal and `done`, /healthz turns 503, every
+connection is closed with 1011 and the server exits 1, for a supervisor to restart it. API keys come from --api-key-file and the variable named by
 --api-key-env (default BARK_API_KEYS, comma-separated); they are never logged.
 
 Every option is declared once, on its ServerConfig field (server/config.py); server/options.py
@@ -26,7 +27,7 @@ from typing import Any
 
 from streaming.errors import ConfigError, VoiceError, WeightsError
 
-from .app import BarkServer, create_engine
+from .app import BarkServer, start_engine
 from .auth import load_keys
 from .config import DEFAULT_KEY_ENV, GROUPS, OPTIONS, ServerConfig
 from .options import ENV_PREFIX, build_parser as _options_parser, dump_toml, field_values, read_sources
@@ -87,11 +88,10 @@ async def serve(config: ServerConfig) -> int:
     """Load, warm up, listen; after SIGINT/SIGTERM drain and return 0; if the engine dies return 1."""
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    engine = await asyncio.to_thread(create_engine, config)
-    loaded = time.perf_counter()
-    log.info("loaded model %s in %.1f s", engine.model_name, loaded - started)
-    warmup_s = await loop.run_in_executor(None, engine.start)
-    log.info("engine warmed up in %.1f s", warmup_s)
+    engine = await start_engine(config)
+    log.info("engine ready (model %s, %s) in %.1f s", engine.info.model_name,
+             "its own process" if config.engine_mode == "process" else "a thread of this process",
+             time.perf_counter() - started)
     signals = asyncio.Queue[int]()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
@@ -109,7 +109,7 @@ async def serve(config: ServerConfig) -> int:
         finally:
             await server.close()
     finally:
-        await asyncio.to_thread(engine.stop)
+        await engine.close()
 
 
 async def _until_stopped(server: BarkServer, signals: asyncio.Queue[int], drain_timeout: float) -> int:
