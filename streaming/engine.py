@@ -1,14 +1,17 @@
 """The engine: one thread that advances every active stream, batch by batch.
 
     submit() ──> admission queue ──> active streams ──> step(): schedule → run → postprocess
-                 (bounded)           (<= max_streams)
+                 (bounded)      ^    (<= max_streams)
+                                └── parked ─────┘  (piecewise, its text so far spoken: no slot until more)
 
 Each tick (`step`) the engine applies the callers' controls (new text, cancel,
 pause), asks every stage what it could do for every stream (`Stage.work`, plain
 data), lets the `Scheduler` group that into batches, runs each batch as one
 stage action over all its streams (`Stage.run`: one model call whatever the
 number of streams), then emits the audio the decode stage published and ends
-the streams that are complete. Model compute never runs on the caller's
+the streams that are complete. A piecewise stream whose text so far is all
+spoken is parked: it gives its slot back and waits, like a queued request, for
+its next text, end or cancel. Model compute never runs on the caller's
 (asyncio) thread. A failure inside one stream's work ends only that stream
 (StreamDone reason "error", code "internal"); a failing batched call is retried
 row by row so the others go on.
@@ -58,6 +61,7 @@ class EngineCounters:
     ticks: int = 0  # ticks that ran at least one batch
     batches: int = 0  # batched stage actions (model calls and bookkeeping passes)
     model_calls: int = 0  # batched stage actions that called a model
+    parks: int = 0  # times a piecewise stream whose text was all spoken gave its slot back until more came
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Engine:
         self._wake = threading.Condition()
         self._queue: collections.deque[Stream] = collections.deque()
         self._active: dict[int, Stream] = {}
+        self._parked: dict[int, Stream] = {}  # piecewise streams whose text so far is spoken (no slot, not queued)
         self._segs: dict[tuple[int, str], Segment] = {}  # this tick's (stream, stage) -> segment its work is for
         self._next_id = 0
         self._thread: threading.Thread | None = None
@@ -127,7 +132,8 @@ class Engine:
     def snapshot(self) -> EngineSnapshot:
         with self._wake:
             active = list(self._active.values())
-            return EngineSnapshot(len(active), len(self._queue), sum(s.handle.paused for s in active))
+            return EngineSnapshot(len(active), len(self._queue), sum(s.handle.paused for s in active),
+                                  waiting_text=len(self._parked))
 
     def start(self) -> float:
         """Start the engine thread and warm it up; returns the warm-up seconds (blocks)."""
@@ -220,6 +226,7 @@ class Engine:
         for batch in plan.batches:
             self._execute(batch)
         self._postprocess(live)
+        self._park_idle(streams)
         if plan.empty:
             return False
         self.counters.ticks += 1
@@ -228,44 +235,97 @@ class Engine:
         return True
 
     def _admit(self) -> None:
-        """Fill free slots from the queue, fairly.
+        """Fill free slots from the queue and the parked streams, fairly.
 
         Only streams with something to do are admitted (a piecewise request whose text has
-        not arrived holds no slot); an owner (a connection) holds at most
-        `max_streams_per_owner` slots; among the rest, the owner holding the fewest slots
-        goes first, then first come first served.
+        not arrived, or whose text so far is spoken, holds no slot); an owner (a connection)
+        holds at most `max_streams_per_owner` slots; among the rest, the owner holding the
+        fewest slots goes first, then first come first served.
         """
         cap = self.config.max_streams_per_owner
         held = collections.Counter(s.request.owner for s in self._active.values() if not s.evicted)
         free = self.config.max_streams - sum(held.values())
-        while self._queue and free > 0:
+        while free > 0:
             best = None
-            for i, stream in enumerate(self._queue):
-                h = stream.handle
-                if not (h.ready or h.text_ended or h.cancelled):
+            for stream in self._waiting():
+                if not self._has_input(stream):
                     continue
                 n = held[stream.request.owner]
-                if cap is not None and n >= cap and not h.cancelled:
+                if cap is not None and n >= cap and not stream.handle.cancelled:
                     continue
                 if best is None or n < best[1]:
-                    best = (i, n)
+                    best = (stream, n)
                     if n == 0:
                         break
             if best is None:
                 return
-            stream = self._queue[best[0]]
-            del self._queue[best[0]]
-            stream.admitted = time.perf_counter()
-            stream.stats.queued_s = stream.admitted - stream.submitted
+            stream = best[0]
+            self._unwait(stream)
+            if stream.admitted is None:  # a parked stream keeps the numbers of its first admission
+                stream.admitted = time.perf_counter()
+                stream.stats.queued_s = stream.admitted - stream.submitted
             self._active[stream.id] = stream
             held[stream.request.owner] += 1
             free -= 1
+
+    def _waiting(self):
+        """The streams waiting for a slot, first come first served: the queue, and the parked streams whose
+        caller sent something (the others cannot be admitted: they are left out before sorting)."""
+        called = [s for s in self._parked.values() if self._has_input(s)]
+        if not called:
+            return self._queue
+        return sorted([*self._queue, *called], key=lambda s: s.id)
+
+    def _unwait(self, stream: Stream) -> None:
+        """Take a stream that is being admitted out of the queue or the parked set."""
+        if self._parked.pop(stream.id, None) is not None:
+            return
+        for i, queued in enumerate(self._queue):
+            if queued is stream:
+                del self._queue[i]
+                return
+
+    @staticmethod
+    def _has_input(stream: Stream) -> bool:
+        """Has its caller given it something to do (text, the end of its text, or a cancel)?"""
+        h = stream.handle
+        return bool(h.ready or h.text_ended or h.cancelled)
+
+    # ------------------------------------------------------------------- parking
+    def _park_idle(self, streams: list[Stream]) -> None:
+        """Park every stream that has nothing to do until its caller sends more."""
+        for stream in streams:
+            if self._idle(stream):
+                self._park(stream)
+
+    def _idle(self, stream: Stream) -> bool:
+        """Its text may go on, and everything it was given is spoken: every segment complete in every stage,
+        its audio and span handed out (the crossfade tail stays held for the next segment or the end)."""
+        return (not stream.done and not stream.text_done and stream.caught_up
+                and all(stream.current(stage.name) is None for stage in self.stages))
+
+    def _park(self, stream: Stream) -> None:
+        """Give an idle stream's slot back: it leaves the active set (no stage slot, not counted against
+        max_streams, max_streams_per_owner or max_queue) and waits for input like a queued request; `_admit`
+        takes it back and it goes on where it was (its segments, held audio and stats are untouched)."""
+        with stream.handle._lock:
+            if self._has_input(stream):  # text or a control came after this tick read them: keep going
+                return
+        for seg in stream.segments:  # complete segments hold nothing; release is a no-op then, kept as a guard
+            for stage in self.stages:
+                stage.release(seg)
+        stream.paused_since, stream.evicted = None, False  # no slot held: nothing to evict; pacing starts over
+        with self._wake:
+            self._active.pop(stream.id, None)
+            self._parked[stream.id] = stream
+        self.counters.parks += 1
+        logger.debug("stream %d (%s) parked: its text so far is spoken", stream.id, stream.request.request_id)
 
     # ------------------------------------------------------------- text & controls
     def _apply_controls(self, streams: list[Stream]) -> None:
         """Take each stream's cancel flag and the segments its caller prepared (no text work here)."""
         now = time.perf_counter()
-        waiting = bool(self._queue)
+        waiting = bool(self._queue) or any(self._has_input(s) for s in self._parked.values())
         for stream in streams:
             h = stream.handle
             with h._lock:
@@ -383,7 +443,7 @@ class Engine:
                     break
                 stream.handle.emit(stream.span(seg))
                 stream.spans_sent += 1
-            if stream.text_done and stream.spans_sent == len(stream.segments):
+            if stream.text_done and stream.caught_up:
                 self._end(stream, "end")
 
     # ------------------------------------------------------------------ endings
@@ -411,6 +471,7 @@ class Engine:
             self._recent_totals.append(st.total_s)
         with self._wake:
             self._active.pop(stream.id, None)
+            self._parked.pop(stream.id, None)
         stream.handle.finished = True
         tokens = None
         if stream.request.return_tokens:
@@ -431,7 +492,8 @@ class Engine:
 
     def _fail_all(self, code: ErrorCode, message: str) -> None:
         with self._wake:
-            streams = list(self._active.values()) + list(self._queue)
+            streams = list(self._active.values()) + list(self._queue) + list(self._parked.values())
             self._queue.clear()
+            self._parked.clear()
         for stream in streams:
             self._end(stream, "error" if code is ErrorCode.INTERNAL else "cancelled", str(code), message)

@@ -97,6 +97,7 @@ class EngineSnapshot:
     active: int  # streams being advanced
     queued: int  # streams waiting for admission
     paused: int  # active streams paused by their consumer
+    waiting_text: int = 0  # piecewise streams parked: their text so far is spoken, they hold no slot until more comes
 
 
 Event = AudioChunk | SegmentSpan | StreamDone

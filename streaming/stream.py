@@ -206,6 +206,11 @@ class Stream:
         return None
 
     @property
+    def caught_up(self) -> bool:
+        """Every segment's audio is complete and was handed out with its span (a crossfade tail may be held)."""
+        return self.spans_sent == len(self.segments)
+
+    @property
     def produced(self) -> int:
         """Output samples so far, emitted or held back for a crossfade."""
         return self.emitted + len(self.held)
