@@ -9,14 +9,14 @@ channel closes). Torch-free: the front end imports this.
     load    {spec}                                   ready   {model_name, max_streams, max_queue, snap}
     submit  {id, req}          -> reply {id, stream, snap} | error    failed  {error: class name, message}
     feed    {id, s, text}      -> reply {id} | error                  reply   {id, [stream, snap] | error}
-    flush   {id, s}            -> reply {id} | error                  audio   {s, sample, pcm, ts}
+    flush   {id, s}            -> reply {id} | error                  audio   {s, sample, pcm, ts, sent}
     end     {id, s}            -> reply {id} | error                  span    {s, index, text, start, end}
     cancel / pause / resume {s}   (one-way)                           done    {s, reason, samples, stats, ...}
     stop    {}                    (one-way: stop the engine, exit)    snap    {snap}
 
 `ts` on an audio frame is the child's `time.monotonic()` when the engine emitted the
-chunk (CLOCK_MONOTONIC is one clock for every process on Linux), for measuring what
-the process boundary adds. Errors travel as {"type": class name, "message", "field",
+chunk and `sent` when the writer thread encoded it for sending (CLOCK_MONOTONIC is one
+clock for every process on Linux), for measuring what the process boundary adds. Errors travel as {"type": class name, "message", "field",
 "retry_after_ms"} and are raised again as the same `streaming.errors` class.
 """
 
@@ -145,10 +145,11 @@ def decode_stats(packed: dict[str, Any]) -> StreamStats:
     return StreamStats(**packed)
 
 
-def encode_event(stream: int, event: Event, ts: float) -> dict[str, Any]:
-    """One engine event of stream `stream`; `ts` is the child's time.monotonic() at emit."""
+def encode_event(stream: int, event: Event, ts: float, sent: float | None = None) -> dict[str, Any]:
+    """One engine event of stream `stream`; `ts`: the child's time.monotonic() at emit, `sent`: at encoding."""
     if isinstance(event, AudioChunk):
-        return {"t": "audio", "s": stream, "sample": event.sample, "pcm": pack_array(event.samples), "ts": ts}
+        return {"t": "audio", "s": stream, "sample": event.sample, "pcm": pack_array(event.samples), "ts": ts,
+                "sent": ts if sent is None else sent}
     if isinstance(event, SegmentSpan):
         return {"t": "span", "s": stream, "index": event.index, "text": event.text,
                 "start": event.start_sample, "end": event.end_sample}

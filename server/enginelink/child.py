@@ -188,11 +188,12 @@ class Child:
                     break
             last = any(item is None for item in items)
             data = bytearray()
+            sent = time.monotonic()
             for item in items:
                 if item is None:
                     break
                 try:
-                    data += encode_frame(encode_event(*item) if isinstance(item, tuple) else item)
+                    data += encode_frame(encode_event(*item, sent) if isinstance(item, tuple) else item)
                 except (FrameTooLarge, TypeError, ValueError) as exc:  # a bug: say so, keep the channel
                     logger.error("engine process: cannot send a frame: %s", exc)
             try:
@@ -331,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                                  description="The engine process of the server (started by EngineProcess).")
     ap.add_argument("--fd", type=int, required=True, help="this process's end of the channel socketpair")
     ap.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error", "critical"))
+    ap.add_argument("--cwd", default=None, help="directory relative paths in the load spec are relative to")
     args = ap.parse_args(argv)
+    if args.cwd:  # started in the project's directory (sys.path[0]); the parent's paths are relative to its own
+        os.chdir(args.cwd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)

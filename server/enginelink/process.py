@@ -50,7 +50,7 @@ STOP_TIMEOUT_S = 10.0  # close(): the child's engine.stop() and last frames, the
 EXIT_WAIT_S = 2.0  # after the channel closed: how long to wait for the child's exit status before killing it
 RETRY_AFTER_DEAD_MS = 5000
 START_ERRORS = {cls.__name__: cls for cls in (WeightsError, ConfigError, VoiceError)}  # raised again by start()
-ROOT = Path(__file__).resolve().parents[2]  # the repository: the child imports `server` and `streaming` from it
+ROOT = Path(__file__).resolve().parents[2]  # where `server` and `streaming` are: the child imports them from here
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -161,8 +161,8 @@ class EngineProcess:
         self._closing = False
         self._close_task: asyncio.Task[None] | None = None
         self._dead_message = "engine: not accepting requests (process died)"
-        # called with (parent arrival - child emit) seconds for every audio chunk (benchmarks, metrics)
-        self.on_audio_latency: Callable[[float], None] | None = None
+        # for every audio chunk: (parent arrival - child emit, child send - child emit) in seconds (benchmarks, metrics)
+        self.on_audio_latency: Callable[[float, float], None] | None = None
         self._reader_task = asyncio.ensure_future(self._read_loop())
         self._exit_task = asyncio.ensure_future(self._watch_exit())
 
@@ -180,13 +180,13 @@ class EngineProcess:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
         if level not in ("debug", "info", "warning", "error", "critical"):
             level = "warning"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         parent_sock, child_sock = socket.socketpair()
-        try:
+        try:  # started in ROOT so `-m` imports this project (not a `streaming.py` in the caller's directory);
+            # --cwd: it then moves to ours, where relative paths in the spec mean what they mean here
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "server.enginelink.child", "--fd", str(child_sock.fileno()),
-                "--log-level", level, pass_fds=(child_sock.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env)
+                "--log-level", level, "--cwd", os.getcwd(), pass_fds=(child_sock.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, cwd=ROOT)
         except BaseException:
             parent_sock.close()
             raise
@@ -310,7 +310,7 @@ class EngineProcess:
             if isinstance(event, AudioChunk):
                 state.samples += len(event.samples)
                 if self.on_audio_latency is not None:
-                    self.on_audio_latency(time.monotonic() - message["ts"])
+                    self.on_audio_latency(time.monotonic() - message["ts"], message["sent"] - message["ts"])
             state.queue.put_nowait(event)
             if isinstance(event, StreamDone):
                 state.done = True
