@@ -139,7 +139,8 @@ class Child:
                 logger.debug("engine failed to start: %s", exc)
             else:
                 logger.error("engine failed to start: %s", exc, exc_info=True)
-            self.send({"t": "failed", "error": type(exc).__name__, "message": str(exc)})
+            self.send({"t": "failed", "error": type(exc).__name__, "message": str(exc),
+                       "field": getattr(exc, "field", None)})
             self.loading = False
             self._flush_and_close()
             return EXIT_START_FAILED

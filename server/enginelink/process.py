@@ -209,7 +209,7 @@ class EngineProcess:
                 await _reap(proc, STOP_TIMEOUT_S)
                 error = START_ERRORS.get(first.get("error"))
                 if error is not None:
-                    raise error(first.get("message", ""))
+                    raise error(first.get("message", ""), field=first.get("field"))
                 raise RuntimeError(f"the engine failed to start: {first.get('error')}: {first.get('message')}")
             if first["t"] != "ready":
                 raise ChannelError(f"expected ready or failed from the engine process, got {first['t']!r}")
@@ -310,7 +310,7 @@ class EngineProcess:
             if isinstance(event, AudioChunk):
                 state.samples += len(event.samples)
                 if self.on_audio_latency is not None:
-                    self.on_audio_latency(time.monotonic() - message["ts"], message["sent"] - message["ts"])
+                    self._note_latency(time.monotonic() - message["ts"], message["sent"] - message["ts"])
             state.queue.put_nowait(event)
             if isinstance(event, StreamDone):
                 state.done = True
@@ -333,6 +333,13 @@ class EngineProcess:
             self._snapshot = decode_snapshot(message["snap"])
         else:
             raise ChannelError(f"unexpected frame type {kind!r} from the engine process")
+
+    def _note_latency(self, total: float, in_child: float) -> None:
+        try:
+            self.on_audio_latency(total, in_child)  # type: ignore[misc]
+        except Exception:  # the observer's bug must not pass for a broken channel (which kills the engine)
+            log.exception("on_audio_latency failed; it is switched off")
+            self.on_audio_latency = None
 
     def _claim(self, sid: int, future: asyncio.Future[Any] | None) -> None:
         state = self._streams.get(sid)
