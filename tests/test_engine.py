@@ -91,18 +91,16 @@ def test_admission_beyond_capacity_queues(parts):
     """With one stream slot, later requests queue and all complete; past max_queue submit raises overloaded."""
     eng = make_engine(parts, max_streams=1, max_queue=2)
     try:
-        holder = eng.submit(SpeechRequest(text=None, sampling=SamplingParams(greedy=True, max_semantic_tokens=10)))
-        holder.feed("I hold the slot.")
-        holder.flush()  # it has text and has not ended: it holds the only slot
+        holder = eng.submit(req("I hold the slot for a long while.", 768))  # busy until cancelled
         assert wait_until(lambda: eng.snapshot().active == 1)
         handles = [eng.submit(req(f"Request number {i}.", 10)) for i in range(2)]
         assert eng.snapshot().queued == 2
         with pytest.raises(EngineOverloaded) as info:
             eng.submit(req("One too many.", 10))
         assert info.value.retry_after_ms > 0
-        holder.end()
+        holder.cancel()
         dones = [collect(h)[1] for h in [holder, *handles]]
-        assert [d.reason for d in dones] == ["end"] * 3
+        assert [d.reason for d in dones] == ["cancelled", "end", "end"]
         assert dones[2].stats.queued_s > 0
     finally:
         eng.stop()

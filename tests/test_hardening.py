@@ -72,8 +72,8 @@ def test_refused_request_sends_no_stray_cancel() -> None:
         async def go() -> tuple[str, str]:
             async with await BarkStreamClient.connect(srv.url) as holder, \
                     await BarkStreamClient.connect(srv.url) as client:
-                hold = holder.stream_text(_never_ending(), params=PARAMS)
-                first = await hold.__anext__()  # the holder's first audio: it owns the only slot
+                hold = holder.stream_text(_never_ending(), params={**PARAMS, "max_semantic_tokens": 768})
+                first = await hold.__anext__()  # the holder's first audio: it owns the only slot (for a minute)
                 with pytest.raises(ServerError) as info:
                     async for _ in client.speak("No room for me.", params=PARAMS):
                         pass
@@ -375,8 +375,9 @@ def test_admission_caps_each_owner_and_prefers_the_one_holding_fewer() -> None:
 
 
 def test_stalled_connection_cannot_hold_every_slot() -> None:
-    """One connection opens three requests that hold slots (text, never ended); with a per-connection cap of 1
-    a neighbour's request runs to its end at once while two of the three still wait in the queue."""
+    """One connection opens three long requests that would each keep a slot busy for a minute; with a
+    per-connection cap of 1 a neighbour's request runs to its end at once while two of the three still wait in
+    the queue. (Requests that only wait for more text hold no slot at all: test_engine_parking.py.)"""
     from server_fixtures import RawClient
 
     engine = make_engine(max_streams=2, max_queue=8, max_streams_per_owner=1)
@@ -385,9 +386,7 @@ def test_stalled_connection_cannot_hold_every_slot() -> None:
         async def go() -> tuple[Done, int]:
             hog = await RawClient.connect(srv.url)
             for i in range(3):
-                await hog.send({"type": "start", "id": f"h{i}", "params": PARAMS})
-                await hog.send({"type": "text", "id": f"h{i}", "text": "Holding on."})
-                await hog.send({"type": "flush", "id": f"h{i}"})
+                await hog.speak(f"h{i}", "Holding on. " * 8, params={**PARAMS, "max_semantic_tokens": 768})
             await asyncio.to_thread(srv.wait_metric, "bark_queue_depth", lambda v: v == 2)
             done = await healthy(srv.url)
             queued = engine.snapshot().queued

@@ -277,9 +277,9 @@ def test_engine_death_closes_1011_and_healthz_503() -> None:
     try:
         async def go() -> tuple[tuple[int | None, str], RawClient]:
             conn = await RawClient.connect(srv.url)
-            await conn.send({"type": "start", "id": "open", "params": PARAMS})
+            await conn.send({"type": "start", "id": "open", "params": {**PARAMS, "max_semantic_tokens": 768}})
             await conn.send({"type": "text", "id": "open", "text": "Hello there."})
-            await conn.send({"type": "flush", "id": "open"})  # a request holds a slot once it has text
+            await conn.send({"type": "flush", "id": "open"})  # a request holds a slot while it has work
             await asyncio.to_thread(srv.wait_metric, "bark_active_streams", lambda v: v == 1)
 
             def boom(*a: Any, **kw: Any) -> Any:
@@ -306,9 +306,9 @@ def test_overload_refuses_with_retry_after_and_admitted_stream_keeps_going() -> 
     try:
         async def go() -> tuple[dict[str, Any], Any]:
             holder = await RawClient.connect(srv.url)
-            await holder.send({"type": "start", "id": "hold", "params": PARAMS})
+            await holder.send({"type": "start", "id": "hold", "params": {**PARAMS, "max_semantic_tokens": 160}})
             await holder.send({"type": "text", "id": "hold", "text": "Hello there."})
-            await holder.send({"type": "flush", "id": "hold"})  # text, not ended: it holds the only slot
+            await holder.send({"type": "flush", "id": "hold"})  # its sentence keeps the only slot busy for a while
             await asyncio.to_thread(srv.wait_metric, "bark_active_streams", lambda v: v == 1)
             other = await RawClient.connect(srv.url)
             await other.speak("late", "Hello there.")
