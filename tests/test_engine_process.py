@@ -283,6 +283,28 @@ def test_killed_process_fails_everything_in_flight(loop: LoopThread) -> None:
     loop.run(go(), 600)
 
 
+def test_close_ends_streams_in_flight_like_engine_stop(loop: LoopThread) -> None:
+    """close() stops the child: streams in flight end "cancelled" with code shutting_down (as Engine.stop ends
+    them), later submits raise EngineOverloaded, and a second close() is harmless."""
+    async def go() -> None:
+        link = await EngineProcess.start({**LOAD, "engine_config": CONFIG}, timeout=600)
+        speaking = await link.submit(request(None))
+        await speaking.feed("Hello there.")
+        await speaking.flush()
+        waiting = await link.submit(request(None))
+        await next_event(speaking, AudioChunk)
+        await link.close()
+        for stream in (speaking, waiting):
+            done = (await asyncio.wait_for(collect(stream), DEATH_BOUND))[-1]
+            assert (done.reason, done.error_code, done.error) == ("cancelled", "shutting_down", "engine stopped")
+        assert not link.healthy
+        with pytest.raises(EngineOverloaded, match="stopped"):
+            await link.submit(request())
+        await link.close()
+
+    loop.run(go(), 600)
+
+
 def test_weights_error_reaches_the_parent(tmp_path: Path) -> None:
     """A model directory without weights fails in the child and is raised in the parent as WeightsError,
     with the message the in-process load gives."""
