@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 from streaming.params import SamplingParams, StreamPolicy
+from streaming.errors import ErrorCode
 
 from .base import (
     DEFAULT_ENCODING,
@@ -136,20 +137,20 @@ def _check_id(value: Any) -> str:
             problem = f"{len(value)} characters exceeds the maximum of {MAX_ID_CHARS}"
         else:
             problem = f"{_clip(value)} may hold only letters, digits and - _ . :"
-        raise ProtocolError("bad_field", f"id: {problem}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"id: {problem}")
     hint = f' (send it as the string "{value}")' if isinstance(value, int) and not isinstance(value, bool) else ""
-    raise ProtocolError("bad_field", f"id: expected a string, got {wire_type(value)}{hint}")
+    raise ProtocolError(ErrorCode.BAD_FIELD, f"id: expected a string, got {wire_type(value)}{hint}")
 
 
 def _check_text(value: Any, max_chars: int, limit_name: str, *, allow_blank: bool) -> str:
     if not isinstance(value, str):
-        raise ProtocolError("bad_field", f"text: expected a string, got {wire_type(value)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"text: expected a string, got {wire_type(value)}")
     if len(value) > max_chars:
         raise ProtocolError(
-            "text_too_long", f"text: {len(value)} characters exceeds {limit_name} ({max_chars})"
+            ErrorCode.TEXT_TOO_LONG, f"text: {len(value)} characters exceeds {limit_name} ({max_chars})"
         )
     if not allow_blank and not value.strip():
-        raise ProtocolError("bad_field", "text: must not be empty or only whitespace")
+        raise ProtocolError(ErrorCode.BAD_FIELD, "text: must not be empty or only whitespace")
     return value
 
 
@@ -157,9 +158,9 @@ def _check_voice(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ProtocolError("bad_field", f"voice: expected a string, got {wire_type(value)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"voice: expected a string, got {wire_type(value)}")
     if not 1 <= len(value) <= MAX_VOICE_CHARS:
-        raise ProtocolError("bad_field", f"voice: expected 1 to {MAX_VOICE_CHARS} characters, got {len(value)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"voice: expected 1 to {MAX_VOICE_CHARS} characters, got {len(value)}")
     return value
 
 
@@ -167,9 +168,9 @@ def _check_encoding(value: Any) -> str:
     if value is None:
         return DEFAULT_ENCODING
     if not isinstance(value, str):
-        raise ProtocolError("bad_field", f"encoding: expected a string, got {wire_type(value)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"encoding: expected a string, got {wire_type(value)}")
     if value not in ENCODINGS:
-        raise ProtocolError("bad_encoding", f"encoding: {_clip(value)} is not one of {', '.join(ENCODINGS)}")
+        raise ProtocolError(ErrorCode.BAD_ENCODING, f"encoding: {_clip(value)} is not one of {', '.join(ENCODINGS)}")
     return value
 
 
@@ -179,15 +180,15 @@ def _check_sample_rate(value: Any, encoding: str) -> int:
         value = DEFAULT_SAMPLE_RATE
     elif isinstance(value, bool) or not isinstance(value, int):
         hint = f" (send {int(value)})" if isinstance(value, float) and value.is_integer() else ""
-        raise ProtocolError("bad_field", f"sample_rate: expected an integer, got {wire_type(value)}{hint}",
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"sample_rate: expected an integer, got {wire_type(value)}{hint}",
                             field="sample_rate")
     if value not in SAMPLE_RATES:
-        raise ProtocolError("bad_field", f"sample_rate: {value} is not one of "
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"sample_rate: {value} is not one of "
                             f"{', '.join(map(str, SAMPLE_RATES))}", field="sample_rate")
     valid = ENCODING_SAMPLE_RATES[encoding]
     if value not in valid:
         why = " (Opus runs only at its own rates)" if encoding == "ogg_opus" else ""
-        raise ProtocolError("bad_field", f"sample_rate: {encoding} supports {', '.join(map(str, valid))}{why}, "
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"sample_rate: {encoding} supports {', '.join(map(str, valid))}{why}, "
                             f"not {value}", field="sample_rate")
     return value
 
@@ -195,22 +196,23 @@ def _check_sample_rate(value: Any, encoding: str) -> int:
 def _check_shape(msg: Mapping[str, Any]) -> str:
     """Check `type` and the set of fields present; return the type."""
     if "type" not in msg:
-        raise ProtocolError("missing_field", "type: missing")
+        raise ProtocolError(ErrorCode.MISSING_FIELD, "type: missing")
     msg_type = msg["type"]
     if not isinstance(msg_type, str):
-        raise ProtocolError("bad_field", f"type: expected a string, got {wire_type(msg_type)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"type: expected a string, got {wire_type(msg_type)}")
     if msg_type not in _CLIENT_FIELDS:
         raise ProtocolError(
-            "unknown_type", f"type: {_clip(msg_type)} is not one of {', '.join(_CLIENT_FIELDS)}"
+            ErrorCode.UNKNOWN_TYPE, f"type: {_clip(msg_type)} is not one of {', '.join(_CLIENT_FIELDS)}"
         )
     required, optional = _CLIENT_FIELDS[msg_type]
     for key in msg:
         if key != "type" and key not in required and key not in optional:
             valid = ", ".join(("type",) + required + optional)
-            raise ProtocolError("unknown_field", f"{_short(key)}: unknown field for {msg_type} (valid: {valid})")
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_FIELD, f"{_short(key)}: unknown field for {msg_type} (valid: {valid})")
     for key in required:
         if key not in msg:
-            raise ProtocolError("missing_field", f"{key}: missing")
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{key}: missing")
     return msg_type
 
 
@@ -242,9 +244,9 @@ def decode_client_message(frame: bytes | str, limits: Limits) -> ClientMessage:
     is set whenever the frame carried a valid `id`.
     """
     if isinstance(frame, str):
-        raise ProtocolError("text_frame", "text frames are not supported: send msgpack in binary frames")
+        raise ProtocolError(ErrorCode.TEXT_FRAME, "text frames are not supported: send msgpack in binary frames")
     if not isinstance(frame, (bytes, bytearray, memoryview)):
-        raise ProtocolError("bad_frame", f"expected bytes, got {type(frame).__name__}")
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"expected bytes, got {type(frame).__name__}")
     msg = unpack_map(
         frame,
         max_bytes=limits.max_frame_bytes,
@@ -264,7 +266,7 @@ def check_request_chars(req_id: str, total_chars: int, limits: Limits) -> None:
     """Raise text_too_long once a started request's accumulated text exceeds max_request_chars."""
     if total_chars > limits.max_request_chars:
         raise ProtocolError(
-            "text_too_long",
+            ErrorCode.TEXT_TOO_LONG,
             f"text: request total of {total_chars} characters exceeds max_request_chars ({limits.max_request_chars})",
             id=req_id,
         )

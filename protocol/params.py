@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streaming.errors import ConfigError
+from streaming.errors import ConfigError, ErrorCode
 from streaming.params import SamplingParams, StreamPolicy
 
 from .errors import ProtocolError
@@ -59,7 +59,7 @@ def _coerce(key: str, value: Any, kind: str) -> Any:
         "str": isinstance(value, str),
     }[base]
     if not ok:
-        raise ProtocolError("bad_field", f"params.{key}: expected {_EXPECTED[kind]}, got {wire_type(value)}",
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"params.{key}: expected {_EXPECTED[kind]}, got {wire_type(value)}",
                             field=f"params.{key}")
     return float(value) if base == "number" else value
 
@@ -71,10 +71,10 @@ def _build(cls: type, kwargs: dict[str, Any]) -> Any:
     except ConfigError as exc:
         key = _WIRE_KEY.get((cls, exc.field or ""))
         if key is None:
-            raise ProtocolError("bad_field", f"params: {exc}") from None
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"params: {exc}") from None
         message = str(exc)
         problem = message[len(exc.field) + 1:] if message.startswith(f"{exc.field}:") else f" {message}"
-        raise ProtocolError("bad_field", f"params.{key}:{problem}", field=f"params.{key}") from None
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"params.{key}:{problem}", field=f"params.{key}") from None
 
 
 def parse_params(raw: Any) -> tuple[SamplingParams, StreamPolicy]:
@@ -82,13 +82,13 @@ def parse_params(raw: Any) -> tuple[SamplingParams, StreamPolicy]:
     if raw is None:
         return SamplingParams(), StreamPolicy()
     if not isinstance(raw, Mapping):
-        raise ProtocolError("bad_field", f"params: expected a map, got {wire_type(raw)}")
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"params: expected a map, got {wire_type(raw)}")
     sampling: dict[str, Any] = {}
     policy: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in PARAM_KEYS:
             raise ProtocolError(
-                "unknown_field", f"params.{key[:40]}: unknown parameter (valid: {', '.join(PARAM_KEYS)})"
+                ErrorCode.UNKNOWN_FIELD, f"params.{key[:40]}: unknown parameter (valid: {', '.join(PARAM_KEYS)})"
             )
         cls, field, kind = PARAM_KEYS[key]
         target = sampling if cls is _SAMPLING else policy

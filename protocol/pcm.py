@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from streaming.errors import ErrorCode
+
 from .base import BYTES_PER_SAMPLE, PCM_ENCODINGS
 from .errors import ProtocolError
 from .g711 import alaw_decode, alaw_encode, mulaw_decode, mulaw_encode
@@ -47,7 +49,8 @@ def pcm_decode(data: bytes, encoding: str) -> np.ndarray:
     if width is None:
         raise ValueError(f"pcm_decode: encoding {encoding!r} is not one of {', '.join(PCM_ENCODINGS)}")
     if len(data) % width:
-        raise ProtocolError("bad_field", f"pcm: {len(data)} bytes is not a whole number of {width}-byte samples")
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"pcm: {len(data)} bytes is not a whole number of {width}-byte samples")
     if encoding == "pcm_f32le":
         return np.frombuffer(data, dtype="<f4").astype(np.float32)
     if encoding == "pcm_s16le":

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streaming.constants import SAMPLE_RATE
+from streaming.errors import ErrorCode
 
 from .base import DONE_REASONS, ENCODING_SAMPLE_RATES, ENCODINGS, PROTOCOL_VERSION, SAMPLE_RATES, Limits
 from .errors import ERROR_CODES, ProtocolError
@@ -133,22 +134,23 @@ SERVER_FIELDS: dict[str, dict[str, str]] = {
 def _check_server_fields(msg: dict[str, Any]) -> None:
     msg_type = msg.get("type")
     if not isinstance(msg_type, str) or msg_type not in SERVER_FIELDS:
-        raise ProtocolError("unknown_type", f"type: {msg_type!r:.60} is not one of {', '.join(SERVER_FIELDS)}")
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"type: {msg_type!r:.60} is not one of {', '.join(SERVER_FIELDS)}")
     for spec, check in SERVER_FIELDS[msg_type].items():
         key = spec.rstrip("?")
         if key not in msg:
             if spec.endswith("?"):
                 continue
-            raise ProtocolError("missing_field", f"{msg_type}.{key}: missing")
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{msg_type}.{key}: missing")
         ok, expected = _CHECKS[check]
         if not ok(msg[key]):
-            raise ProtocolError("bad_field", f"{msg_type}.{key}: expected {expected}, got {wire_type(msg[key])}")
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, f"{msg_type}.{key}: expected {expected}, got {wire_type(msg[key])}")
 
 
 def decode_server_message(frame: bytes, *, max_frame_bytes: int = MAX_SERVER_FRAME_BYTES) -> dict[str, Any]:
     """Unpack and validate one server frame; ProtocolError if it is not a valid v1 message."""
     if isinstance(frame, str):
-        raise ProtocolError("text_frame", "the server sent a text frame; protocol v1 uses binary frames")
+        raise ProtocolError(ErrorCode.TEXT_FRAME, "the server sent a text frame; protocol v1 uses binary frames")
     msg = unpack_map(frame, max_bytes=max_frame_bytes, max_map_keys=4096, max_array_items=65_536, max_depth=8)
     _check_server_fields(msg)
     return msg

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import msgpack
+from streaming.errors import ErrorCode
 
 from .errors import ProtocolError
 
@@ -28,7 +29,7 @@ def _check_structure(obj: Any, depth: int, max_depth: int) -> None:
     if isinstance(obj, _SCALARS):
         return
     if depth >= max_depth:
-        raise ProtocolError("bad_frame", f"message nests deeper than {max_depth} levels")
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"message nests deeper than {max_depth} levels")
     if isinstance(obj, list):
         for item in obj:
             _check_structure(item, depth + 1, max_depth)
@@ -36,10 +37,10 @@ def _check_structure(obj: Any, depth: int, max_depth: int) -> None:
     if isinstance(obj, dict):
         for key, value in obj.items():
             if not isinstance(key, str):
-                raise ProtocolError("bad_frame", f"map keys must be strings, got {type(key).__name__}")
+                raise ProtocolError(ErrorCode.BAD_FRAME, f"map keys must be strings, got {type(key).__name__}")
             _check_structure(value, depth + 1, max_depth)
         return
-    raise ProtocolError("bad_frame", f"unsupported msgpack value of type {type(obj).__name__}")
+    raise ProtocolError(ErrorCode.BAD_FRAME, f"unsupported msgpack value of type {type(obj).__name__}")
 
 
 def unpack_map(
@@ -56,7 +57,7 @@ def unpack_map(
     """
     if len(frame) > max_bytes:
         raise ProtocolError(
-            "frame_too_large", f"frame of {len(frame)} bytes exceeds max_frame_bytes ({max_bytes})"
+            ErrorCode.FRAME_TOO_LARGE, f"frame of {len(frame)} bytes exceeds max_frame_bytes ({max_bytes})"
         )
     try:
         obj = msgpack.unpackb(
@@ -72,13 +73,14 @@ def unpack_map(
             max_ext_len=0,
         )
     except msgpack.ExtraData:
-        raise ProtocolError("bad_frame", "trailing bytes after the msgpack map") from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, "trailing bytes after the msgpack map") from None
     except UnicodeDecodeError:
-        raise ProtocolError("bad_frame", "a msgpack str is not valid UTF-8") from None
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a msgpack str is not valid UTF-8") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input: any unpack failure is bad_frame
-        raise ProtocolError("bad_frame", f"not a valid msgpack message: {str(exc) or type(exc).__name__}") from None
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"not a valid msgpack message: {str(exc) or type(exc).__name__}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_frame", f"expected a msgpack map, got {wire_type(obj)}")
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"expected a msgpack map, got {wire_type(obj)}")
     _check_structure(obj, 0, max_depth)
     return obj
 

@@ -34,6 +34,7 @@ from .metrics import ServerMetrics
 from .probes import PATHS as PROBE_PATHS
 from .probes import Probes
 from protocol import PATH, ProtocolError, encode_server_message, ready_message
+from streaming.errors import ErrorCode
 from .requests import RequestLayer
 from .voices import VoiceCatalog, active_aliases
 from .session import Session
@@ -210,7 +211,7 @@ class BarkServer:
         left = [s for s in self._sessions if s.busy]
         if left:
             log.warning("drain deadline reached: closing %d connection(s) with requests in flight", len(left))
-        await self._close_sessions(ProtocolError("shutting_down", "the server is restarting; reconnect later",
+        await self._close_sessions(ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is restarting; reconnect later",
                                                  close_code=1012))
 
     def _busy(self) -> bool:
@@ -261,7 +262,7 @@ class BarkServer:
         await self.link.wait_failed()
         log.critical("the engine died: closing %d connection(s) with 1011", len(self._sessions))
         self.engine_failed.set()
-        await self._close_sessions(ProtocolError("internal", "the engine failed; the server will restart",
+        await self._close_sessions(ProtocolError(ErrorCode.INTERNAL, "the engine failed; the server will restart",
                                                  fatal=True, close_code=1011))
 
     # --- HTTP ----------------------------------------------------------------------

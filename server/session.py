@@ -43,6 +43,7 @@ from protocol import (
     segment_message,
 )
 from protocol.wire import unpack_map
+from streaming.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Session:
         """Queue `exc` (default `shutting_down`, 1001) and its close after the frames already queued."""
         if not self._closing:
             self._closing = True
-            exc = exc or ProtocolError("shutting_down", "the server is stopping; reconnect later")
+            exc = exc or ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is stopping; reconnect later")
             self._shutdown = asyncio.create_task(self._queue_close(exc), name=f"{self.conn_id} shutdown")
 
     async def _queue_close(self, exc: ProtocolError) -> None:
@@ -253,7 +254,7 @@ class Session:
         if fatal:
             log.warning("conn %s: closing: %d messages refused in a row (rate limit)", self.conn_id,
                         self._bucket.refused_in_a_row)
-        raise ProtocolError("rate_limited", f"more than {cfg.max_messages_per_s:g} messages per second "
+        raise ProtocolError(ErrorCode.RATE_LIMITED, f"more than {cfg.max_messages_per_s:g} messages per second "
                             f"(burst {cfg.message_burst}); this message was dropped", id=req_id,
                             fatal=fatal, close_code=1008 if fatal else None)
 
@@ -285,7 +286,7 @@ class Session:
             return
         request = self.client.get(msg.id)
         if request is None:
-            raise ProtocolError("unknown_id", f"id: {msg.id!r} is not in flight on this connection "
+            raise ProtocolError(ErrorCode.UNKNOWN_ID, f"id: {msg.id!r} is not in flight on this connection "
                                 f"({len(self.client.requests)} request(s) in flight)", id=msg.id)
         if isinstance(msg, Cancel):
             request.cancel()
@@ -302,7 +303,7 @@ class Session:
 
     async def _open(self, msg: Speak | Start) -> None:
         if self._closing:
-            raise ProtocolError("shutting_down", "the server is stopping and takes no new requests; "
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is stopping and takes no new requests; "
                                 "reconnect later", id=msg.id, fatal=False)
         spec = RequestSpec(id=msg.id, text=msg.text if isinstance(msg, Speak) else None, voice=msg.voice,
                            sampling=msg.sampling, policy=msg.policy, encoding=msg.encoding,

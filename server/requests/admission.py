@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from protocol import ProtocolError
+from streaming.errors import ErrorCode
 
 from ..config import ServerConfig
 from ..limits import AddressBuckets
@@ -51,12 +52,12 @@ class Admission:
         cfg = self._cfg
         per_ip = cfg.max_requests_per_ip
         if per_ip is not None and self.requests[address] >= per_ip:
-            raise ProtocolError("rate_limited", f"your address has {per_ip} requests in flight "
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"your address has {per_ip} requests in flight "
                                 "(max_requests_per_ip, every protocol counted); retry when one ends", id=req_id,
                                 fatal=False, retry_after_ms=1000)
         per_key = cfg.max_streams_per_key
         if per_key is not None and key is not None and self.keys[key] >= per_key:
-            raise ProtocolError("rate_limited", f"this API key has {per_key} requests in flight "
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"this API key has {per_key} requests in flight "
                                 "(max_streams_per_key, every protocol counted); retry when one ends", id=req_id,
                                 fatal=False, retry_after_ms=1000)
         self.requests[address] += 1

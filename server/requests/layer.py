@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import ProtocolError
-from streaming.errors import EngineOverloaded, TextError
+from streaming.errors import EngineOverloaded, ErrorCode, TextError
 from streaming.voices import Voice
 
 from ..config import ServerConfig
@@ -68,10 +68,10 @@ class Client:
         layer = self.layer
         layer.check_open(spec.id)
         if spec.id in self.requests:
-            raise ProtocolError("duplicate_id", f"id: {spec.id!r} is already in flight on this connection",
+            raise ProtocolError(ErrorCode.DUPLICATE_ID, f"id: {spec.id!r} is already in flight on this connection",
                                 id=spec.id)
         if len(self.requests) >= self.max_requests:
-            raise ProtocolError("too_many_ids", f"id: {spec.id!r} would be request {len(self.requests) + 1} in "
+            raise ProtocolError(ErrorCode.TOO_MANY_IDS, f"id: {spec.id!r} would be request {len(self.requests) + 1} in "
                                 f"flight; max_ids_in_flight is {self.max_requests}", id=spec.id)
         layer.admission.admit(self.address, self.key, spec.id)
         try:
@@ -83,7 +83,7 @@ class Client:
         if self.closed:  # the connection went away while the text was being prepared
             stream.cancel()
             layer.admission.release(self.address, self.key)
-            raise ProtocolError("shutting_down", "the connection closed", id=spec.id, fatal=False)
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the connection closed", id=spec.id, fatal=False)
         request = Request(self, spec, stream)
         self.requests[spec.id] = request
         layer.metrics.request_started()
@@ -106,11 +106,11 @@ class Client:
             raise
         except EngineOverloaded as exc:
             info = layer.engine.info
-            raise ProtocolError("overloaded", f"the server is full ({info.max_streams} streams and "
+            raise ProtocolError(ErrorCode.OVERLOADED, f"the server is full ({info.max_streams} streams and "
                                 f"{info.max_queue} queued); retry after {exc.retry_after_ms} ms", id=spec.id,
                                 retry_after_ms=int(exc.retry_after_ms)) from None
         except TextError as exc:
-            raise ProtocolError("bad_field", f"text: {exc}", id=spec.id, field="text") from None
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"text: {exc}", id=spec.id, field="text") from None
 
     def finished(self, request: Request) -> None:
         """Called once by each request as it ends."""
@@ -169,10 +169,11 @@ class RequestLayer:
     def check_open(self, req_id: str | None) -> None:
         """Raise shutting_down while new requests are refused (draining, engine gone)."""
         if self.draining:
-            raise ProtocolError("shutting_down", "the server is stopping and takes no new requests; retry later",
+            raise ProtocolError(
+                ErrorCode.SHUTTING_DOWN, "the server is stopping and takes no new requests; retry later",
                                 id=req_id, fatal=False, retry_after_ms=RETRY_AFTER_S * 1000)
         if not self.engine.healthy:
-            raise ProtocolError("shutting_down", "the engine failed; the server is restarting, retry later",
+            raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the engine failed; the server is restarting, retry later",
                                 id=req_id, fatal=False, retry_after_ms=RETRY_AFTER_S * 1000)
 
     @property
@@ -205,14 +206,14 @@ class RequestLayer:
             return None
         name = self.aliases.get(name, name)
         if not _VOICE_NAME.fullmatch(name):
-            raise ProtocolError("unknown_voice", f"voice: {name[:40]!r} is not a voice name (letters, digits, "
+            raise ProtocolError(ErrorCode.UNKNOWN_VOICE, f"voice: {name[:40]!r} is not a voice name (letters, digits, "
                                 "- and _, optionally one /, e.g. v2/en_speaker_6)", id=req_id, field="voice")
         try:
             return await self.voices.resolve(name)
         except VoiceUnavailable as exc:  # the message is client-safe: no paths, no operator advice
             examples = ", ".join([*self.aliases, *self.voices.names][:8])
             message = f"{exc}; e.g. {examples}" if examples else str(exc)
-            raise ProtocolError("unknown_voice", message, id=req_id, field="voice") from None
+            raise ProtocolError(ErrorCode.UNKNOWN_VOICE, message, id=req_id, field="voice") from None
 
     # --- health ------------------------------------------------------------------------------------
     def full(self) -> bool:
@@ -251,5 +252,5 @@ class RequestLayer:
                                 client.conn_id, owed, stalled)
                     client.ledger.close()
                     client.fatal(ProtocolError(
-                        "slow_consumer", f"the client has not read {owed:.1f} s of audio for {stalled:.1f} s "
+                        ErrorCode.SLOW_CONSUMER, f"the client has not read {owed:.1f} s of audio for {stalled:.1f} s "
                         f"(slow_consumer_timeout {cfg.slow_consumer_timeout:g} s)"))

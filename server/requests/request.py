@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from protocol import ProtocolError, check_request_chars
-from streaming.errors import TextError
+from streaming.errors import ErrorCode, TextError
 from streaming.events import AudioChunk, SegmentSpan, StreamDone
 
 from ..enginelink import EngineStream
@@ -119,16 +119,16 @@ class Request:
     # --- text --------------------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
         if not self.piecewise:
-            raise ProtocolError("bad_field", f"type: {what} applies only to requests whose text follows "
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"type: {what} applies only to requests whose text follows "
                                 f"(start); {self.id!r} was given its whole text", id=self.id)
         if self.ended:
-            raise ProtocolError("bad_field", f"type: {what} after end for request {self.id!r}", id=self.id)
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"type: {what} after end for request {self.id!r}", id=self.id)
 
     async def _text(self, call, *args: str) -> None:  # type: ignore[no-untyped-def]
         try:
             await call(*args)
         except TextError as exc:
-            raise ProtocolError("bad_field", f"text: {exc}", id=self.id, field="text") from None
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"text: {exc}", id=self.id, field="text") from None
 
     def _arm_silence(self) -> None:
         timeout = self.client.layer.config.request_text_timeout
@@ -144,7 +144,7 @@ class Request:
 
     def _silent(self, timeout: float) -> None:
         what = "no text since its start" if self.chars == 0 else "no more text"
-        self.fail(ProtocolError("idle_timeout", f"request {self.id!r} received {what} for {timeout:g} s "
+        self.fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, f"request {self.id!r} received {what} for {timeout:g} s "
                                 "(request_text_timeout); send end when the text is complete", fatal=False))
 
     # --- the pump ----------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class Request:
         except Exception as exc:  # noqa: BLE001 - one request's bug must not take the connection down
             log.exception("conn %s: request %s: pump failed", self.client.conn_id, self.id)
             self.stream.cancel()
-            self.failure = self.failure or ProtocolError("internal", f"server error: {type(exc).__name__}",
+            self.failure = self.failure or ProtocolError(ErrorCode.INTERNAL, f"server error: {type(exc).__name__}",
                                                          id=self.id)
         finally:
             self.pipeline.close()

@@ -10,7 +10,7 @@ from streaming.events import StreamDone
 def engine_failure(req_id: str, done: StreamDone | None) -> ProtocolError:
     """The `error` for a stream the engine ended with reason "error" (or that ended without `done`)."""
     if done is None:
-        return ProtocolError("internal", "server error: the stream ended without a result", id=req_id)
+        return ProtocolError(ErrorCode.INTERNAL, "server error: the stream ended without a result", id=req_id)
     code = done.error_code or ErrorCode.INTERNAL  # the engine speaks ErrorCode values
     if code not in ERROR_CODES or ERROR_CODES[code] is not None:  # a connection-level code: not the engine's
         code = ErrorCode.INTERNAL

@@ -20,6 +20,7 @@ from wyoming.event import Event
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 
 from protocol.wire import json_type
+from streaming.errors import ErrorCode
 
 # Bark's voice-prompt languages (the v2/<lang>_speaker_<n> presets); a voice of any other name may speak
 # any of them, and so may the server's default voice.
@@ -38,7 +39,7 @@ class Refusal(Exception):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
-        self.code = code
+        self.code = str(ErrorCode(code))  # the plain string, as on the wire
         self.message = message
 
 
@@ -53,21 +54,21 @@ async def read_event(reader: asyncio.StreamReader, max_bytes: int) -> Event | No
             line = await reader.readuntil(b"\n")
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
-                raise Refusal("bad_frame", "the connection ended inside an event header") from None
+                raise Refusal(ErrorCode.BAD_FRAME, "the connection ended inside an event header") from None
             return None
         except asyncio.LimitOverrunError:
-            raise Refusal("frame_too_large", f"an event header is longer than {max_bytes} bytes") from None
+            raise Refusal(ErrorCode.FRAME_TOO_LARGE, f"an event header is longer than {max_bytes} bytes") from None
         if line.strip():
             break
     header = _json_object(line, "the event header")
     kind = header.get("type")
     if not isinstance(kind, str) or not kind:
-        raise Refusal("missing_field", "type: every event needs a string `type`")
+        raise Refusal(ErrorCode.MISSING_FIELD, "type: every event needs a string `type`")
     data = header.get("data")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise Refusal("bad_field", f"data: expected a JSON object, got {json_type(data)}")
+        raise Refusal(ErrorCode.BAD_FIELD, f"data: expected a JSON object, got {json_type(data)}")
     data_length = _length(header, "data_length", max_bytes)
     if data_length:
         data = {**data, **_json_object(await _read_exactly(reader, data_length), "data")}
@@ -80,7 +81,7 @@ async def _read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
     try:
         return await reader.readexactly(n)
     except asyncio.IncompleteReadError:
-        raise Refusal("bad_frame", "the connection ended inside an event") from None
+        raise Refusal(ErrorCode.BAD_FRAME, "the connection ended inside an event") from None
 
 
 def _length(header: dict[str, Any], key: str, max_bytes: int) -> int:
@@ -88,9 +89,9 @@ def _length(header: dict[str, Any], key: str, max_bytes: int) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise Refusal("bad_field", f"{key}: expected a non-negative integer, got {json_type(value)}")
+        raise Refusal(ErrorCode.BAD_FIELD, f"{key}: expected a non-negative integer, got {json_type(value)}")
     if value > max_bytes:
-        raise Refusal("frame_too_large", f"{key}: {value} bytes exceeds the maximum of {max_bytes}")
+        raise Refusal(ErrorCode.FRAME_TOO_LARGE, f"{key}: {value} bytes exceeds the maximum of {max_bytes}")
     return value
 
 
@@ -98,9 +99,9 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
-        raise Refusal("bad_frame", f"{what} is not valid JSON") from None
+        raise Refusal(ErrorCode.BAD_FRAME, f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
-        raise Refusal("bad_frame", f"{what}: expected a JSON object, got {json_type(value)}")
+        raise Refusal(ErrorCode.BAD_FRAME, f"{what}: expected a JSON object, got {json_type(value)}")
     return value
 
 
@@ -113,12 +114,12 @@ def text_field(data: dict[str, Any], *, required: bool, max_chars: int) -> str:
     if text is None and not required:
         return ""
     if not isinstance(text, str):
-        raise Refusal("bad_field" if text is not None else "missing_field",
+        raise Refusal(ErrorCode.BAD_FIELD if text is not None else "missing_field",
                       f"text: expected a string, got {json_type(text)}")
     if len(text) > max_chars:
-        raise Refusal("text_too_long", f"text: {len(text)} characters exceeds the maximum of {max_chars}")
+        raise Refusal(ErrorCode.TEXT_TOO_LONG, f"text: {len(text)} characters exceeds the maximum of {max_chars}")
     if required and not text.strip():
-        raise Refusal("bad_field", "text: must not be empty or only whitespace")
+        raise Refusal(ErrorCode.BAD_FIELD, "text: must not be empty or only whitespace")
     return text
 
 
@@ -129,11 +130,11 @@ def voice_field(data: dict[str, Any]) -> tuple[str | None, str | None]:
     if voice is None:
         return None, None
     if not isinstance(voice, dict):
-        raise Refusal("bad_field", f"voice: expected an object with a name, got {json_type(voice)}")
+        raise Refusal(ErrorCode.BAD_FIELD, f"voice: expected an object with a name, got {json_type(voice)}")
     name, language = voice.get("name"), voice.get("language")
     for key, value in (("name", name), ("language", language)):
         if value is not None and (not isinstance(value, str) or not value or len(value) > 128):
-            raise Refusal("bad_field", f"voice.{key}: expected a string of 1 to 128 characters")
+            raise Refusal(ErrorCode.BAD_FIELD, f"voice.{key}: expected a string of 1 to 128 characters")
     return name, language
 
 
@@ -142,7 +143,7 @@ def check_text_format(data: dict[str, Any]) -> None:
     fmt = data.get("text_format")
     if fmt is not None and fmt != "text":
         shown = repr(fmt[:20]) if isinstance(fmt, str) else json_type(fmt)
-        raise Refusal("bad_field", f"text_format: {shown} is not supported (plain text only)")
+        raise Refusal(ErrorCode.BAD_FIELD, f"text_format: {shown} is not supported (plain text only)")
 
 
 # --- info ------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from wyoming.ping import Ping, Pong
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
 from protocol import ProtocolError
+from streaming.errors import ErrorCode
 
 from ..limits import RateLimiter
 from ..requests import Audio, Done, Request, RequestLayer, RequestSpec
@@ -149,7 +150,7 @@ class WyomingSession:
                 self._last_activity = loop.time()
                 verdict = self._bucket.take(loop.time())
                 if verdict != "ok":  # a dropped chunk would silently change the text: refuse and close
-                    raise Refusal("rate_limited", f"more than {cfg.max_messages_per_s:g} events per second "
+                    raise Refusal(ErrorCode.RATE_LIMITED, f"more than {cfg.max_messages_per_s:g} events per second "
                                   f"(burst {cfg.message_burst})")
                 await self._dispatch(event)
             except ProtocolError as exc:
@@ -243,20 +244,20 @@ class WyomingSession:
             await self._open(text, *voice_field(data))
         elif SynthesizeStart.is_type(kind):
             if self._streaming is not None:
-                raise Refusal("bad_field", "synthesize-start: a stream is already open (send synthesize-stop "
+                raise Refusal(ErrorCode.BAD_FIELD, "synthesize-start: a stream is already open (send synthesize-stop "
                               "first)")
             check_text_format(data)
             await self._open(None, *voice_field(data))
         elif SynthesizeChunk.is_type(kind):
             text = text_field(data, required=False, max_chars=limits.max_request_chars)
             if self._streaming is None:
-                raise Refusal("bad_field", "synthesize-chunk: no stream is open (send synthesize-start first)")
+                raise Refusal(ErrorCode.BAD_FIELD, "synthesize-chunk: no stream is open (send synthesize-start first)")
             if text and self._streaming.failure is None:
                 await self._streaming.feed(text)
         elif SynthesizeStop.is_type(kind):
             req = self._streaming
             if req is None:
-                raise Refusal("bad_field", "synthesize-stop: no stream is open (send synthesize-start first)")
+                raise Refusal(ErrorCode.BAD_FIELD, "synthesize-stop: no stream is open (send synthesize-start first)")
             self._streaming = None
             if req.failure is None:
                 await req.end()
@@ -270,7 +271,7 @@ class WyomingSession:
             if self._closing:  # that request failed and the connection is closing
                 return
         if self._server.draining:
-            raise Refusal("shutting_down", "the server is stopping and takes no new requests; retry later")
+            raise Refusal(ErrorCode.SHUTTING_DOWN, "the server is stopping and takes no new requests; retry later")
         spec = RequestSpec(id=f"w{next(self._ids)}", text=text, voice=self._voice(voice_name, language),
                            sampling=self._server.sampling, policy=self._server.policy, encoding="pcm_s16le",
                            sample_rate=self._rate)
