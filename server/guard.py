@@ -54,6 +54,7 @@ class GuardedConnection(ServerConnection):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
+        self._head_tail: bytes | None = b""  # during the opening handshake: the last bytes of the request head
         b = self.budget
         self._bytes = Bucket(b.bytes_per_s, b.byte_burst)
         self._frames = Bucket(b.frames_per_s, b.frame_burst)
@@ -62,7 +63,26 @@ class GuardedConnection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         self._throttle(self._bytes.spend(len(data), self.loop.time()), "bytes")
+        if self._head_tail is not None:
+            data = self._one_request(data)
         super().data_received(data)
+
+    def _one_request(self, data: bytes) -> bytes:
+        """Until the opening handshake's request head ends, pass it on; drop whatever follows it.
+
+        A client may send nothing after its upgrade request before the answer (RFC 6455, 4.1), and
+        this port answers one plain HTTP request per connection. Bytes pipelined after the head were
+        parsed as WebSocket frames while the answer was pending, and websockets then failed its own
+        assertion and logged a traceback for each such connection (a flood of pipelined GETs made
+        hundreds)."""
+        assert self._head_tail is not None
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = seen[-3:]
+            return data
+        self._head_tail = None
+        return data[: end + 4 - (len(seen) - len(data))]
 
     def process_event(self, event) -> None:  # type: ignore[no-untyped-def]
         if self.request is not None:  # a frame (data or control), after the handshake

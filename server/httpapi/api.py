@@ -175,7 +175,6 @@ class HttpApi:
             self._layer.metrics.refuse("http_rate")  # before any other work, whatever the path
             response = rate_limited(f"more than {self._layer.config.http_limit_per_s:g} HTTP requests per second "
                                     "from your address; slow down", 1.0).response()
-            response.force_close()
             self._layer.metrics.http_response(route, response.status)
             return response
         try:
