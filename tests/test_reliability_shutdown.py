@@ -142,5 +142,8 @@ def test_engine_death_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
         return seconds
 
     monkeypatch.setattr(engine, "start", start_then_die)
-    monkeypatch.setattr(cli, "create_engine", lambda config: engine)
-    assert cli.main(["--model", "random-tiny", "--port", "0", "--offline", "--log-level", "warning"]) == 1
+    import server.app
+
+    monkeypatch.setattr(server.app, "create_engine", lambda config: engine)
+    assert cli.main(["--model", "random-tiny", "--port", "0", "--offline", "--log-level", "warning",
+                     "--engine", "thread"]) == 1
