@@ -7,19 +7,20 @@ answered only once the peer has parsed every frame written before it. So:
     pump ──queued_s──► out queue ──sent_s──► socket ... peer ──pong──► acked_s
 
 `AudioLedger.owed_s = queued_s - acked_s` is the audio this connection holds or
-has in flight to a peer that has not yet confirmed it. Pumps wait for credit
-(`owed_s < max_buffer_s`) and pause their engine streams meanwhile.
-`Watchdog` sends the pings and returns a verdict when a deadline passes:
-`slow_consumer` (audio owed, no pong for `slow_consumer_timeout`), `gone` (no
-pong to a keepalive ping for `ping_timeout`), or `idle` (no request in flight
-and no message for `idle_timeout`).
+has in flight to a peer that has not yet confirmed it. The request layer waits
+for credit (`owed_s < max_buffer_s`), pausing engine streams meanwhile, and ends a
+client that confirms nothing for `slow_consumer_timeout` (`stalled_for`). Doors
+without pings (HTTP, Wyoming) confirm audio as each write completes.
+`Watchdog` (WebSocket) sends the pings and returns a verdict when a deadline
+passes: `gone` (no pong to a keepalive ping for `ping_timeout`), or `idle` (no
+request in flight and no message for `idle_timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
@@ -28,34 +29,6 @@ from websockets.exceptions import ConnectionClosed
 log = logging.getLogger(__name__)
 
 MAX_PROBES = 64  # unanswered pings at once per connection
-PAUSE_AFTER_S = 0.05  # a write blocked this long pauses the engine stream until the reader catches up
-
-
-class SlowReader(Exception):
-    """The peer has not taken a write for slow_consumer_timeout seconds."""
-
-
-async def paced_write(write: Awaitable[object], handle, timeout: float) -> None:
-    """Await one write to a peer that has no pings to measure it (HTTP bodies, Wyoming): after
-    PAUSE_AFTER_S the engine stream `handle` (if any) is paused until the write completes, and a write
-    still waiting after `timeout` more seconds raises SlowReader. The write is cancelled if not done."""
-    task = asyncio.ensure_future(write)
-    try:
-        finished, _ = await asyncio.wait({task}, timeout=PAUSE_AFTER_S)
-        if not finished:
-            if handle is not None:
-                handle.pause()
-            try:
-                finished, _ = await asyncio.wait({task}, timeout=timeout)
-            finally:
-                if handle is not None:
-                    handle.resume()
-        if not finished:
-            raise SlowReader
-        task.result()
-    finally:
-        if not task.done():
-            task.cancel()
 
 
 class AudioLedger:
