@@ -342,5 +342,5 @@ def test_local_cluster_usage_and_a_replica_that_cannot_start(tmp: Path) -> None:
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 1 and "replica 1 did not start" in err and "max_streams" in err, (out, err)
+    assert proc.returncode == 1 and "replica 1 did not start" in err and "--max-streams" in err, (out, err)
     assert not _group_alive(proc.pid)
